@@ -1,0 +1,81 @@
+# cyberhost — `make help` lists the targets.
+SHELL := /bin/bash
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install -q -c requirements/constraints.txt
+RAW ?= data_prep/samples
+OUT ?= data/sample_clips
+WORKERS ?= 2
+RUNS ?= runs
+CONFIG ?=
+ARGS ?=
+STAGE1_CONFIG ?= --config conf/stage1.yaml --config conf/debug/tiny.yaml
+STAGE2_CONFIG ?= --config conf/stage2.yaml --config conf/debug/tiny.yaml
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test test-slow test-gpu lint demo samples prepare-data train-stage1 train-stage2 \
+        tensorboard generate evaluate bench-prep bench-gpu lock clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: setup.cfg requirements/constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev,dwpose]'
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv and install the package with pinned dependencies
+
+test: setup ## run the default test suite (CPU, a few minutes)
+	$(BIN)/python -m pytest -q
+
+test-slow: setup ## run the slow end-to-end checks too
+	$(BIN)/python -m pytest -q -m "slow or not slow and not gpu"
+
+test-gpu: setup ## run the GPU tests (needs CUDA)
+	$(BIN)/python -m pytest -q -m gpu
+
+lint: setup ## run ruff
+	$(BIN)/ruff check cyberhost data_prep tests
+
+demo: setup ## sample data -> prepare -> stage 1 -> stage 2 -> generate (tiny models, CPU)
+	$(BIN)/python -m cyberhost.demo --output $(RUNS)/demo
+
+samples: setup ## re-make the committed sample videos (data_prep/samples)
+	$(BIN)/python -m data_prep.make_samples --output data_prep/samples
+
+prepare-data: setup ## raw videos -> clip shards: RAW=<dir> OUT=<dir> [WORKERS=N]
+	$(BIN)/python -m data_prep --input $(RAW) --output $(OUT) --workers $(WORKERS) $(ARGS)
+
+train-stage1: setup ## stage 1 (tiny on the sample data by default): [CONFIG="--config ..."] [ARGS=...]
+	$(BIN)/cyberhost fit $(if $(CONFIG),$(CONFIG),$(STAGE1_CONFIG)) $(ARGS)
+
+train-stage2: setup ## stage 2 (tiny on the sample data by default): [CONFIG="--config ..."] [ARGS=...]
+	$(BIN)/cyberhost fit $(if $(CONFIG),$(CONFIG),$(STAGE2_CONFIG)) $(ARGS)
+
+tensorboard: setup ## serve the TensorBoard logs under RUNS=runs on 127.0.0.1
+	$(BIN)/tensorboard --logdir $(RUNS) --host 127.0.0.1
+
+generate: setup ## image + audio -> mp4: ARGS="--image ... --audio ... --checkpoint ... --output ..."
+	$(BIN)/cyberhost generate $(ARGS)
+
+evaluate: setup ## metrics of generated vs ground-truth videos: ARGS="--generated ... --reference ..."
+	$(BIN)/cyberhost evaluate $(ARGS)
+
+bench-prep: setup ## data-prep throughput with 1 and 2 workers (numbers go to BENCHMARKS.md)
+	$(BIN)/python -m data_prep.bench $(ARGS)
+
+bench-gpu: ## GPU benchmarks (run on a CUDA machine; see BENCHMARKS.md)
+	python3 -m cyberhost.bench $(ARGS)
+
+lock: ## re-resolve requirements/constraints.txt in a scratch venv
+	rm -rf /tmp/cyberhost-lock && $(PY) -m venv /tmp/cyberhost-lock
+	/tmp/cyberhost-lock/bin/python -m pip install -q torch==2.13.0
+	/tmp/cyberhost-lock/bin/python -m pip install -q -e '.[dev,dwpose]' torch==2.13.0
+	/tmp/cyberhost-lock/bin/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' > requirements/constraints.txt
+
+clean: ## remove the venv, caches and generated data (not runs/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache data *.egg-info
