@@ -95,7 +95,7 @@ def validate_clip(clip: dict[str, Any]) -> None:
             raise ValueError(f"clip {clip.get('key', '?')!r}: {name!r} must be {spec.dtype}, got {got}")
         if arr.ndim != len(spec.shape):
             raise ValueError(f"clip {clip.get('key', '?')!r}: {name!r} must have shape {spec.shape}, got {arr.shape}")
-        for dim, want in zip(arr.shape, spec.shape):
+        for dim, want in zip(arr.shape, spec.shape, strict=True):
             if isinstance(want, int):
                 if dim != want:
                     raise ValueError(f"clip {clip.get('key', '?')!r}: {name!r} must have shape {spec.shape}, got {arr.shape}")

@@ -1,0 +1,246 @@
+"""Attention processors that wire the reference net, motion frames and audio into diffusers UNets.
+
+CyberHost (Sec. 3.1) injects the Reference Net's spatial self-attention features into the
+denoising UNet's spatial self-attention (reference tokens appended to K/V, as in AnimateAnyone),
+the motion-frame features into the temporal attention, and audio features through added
+cross-attention layers. All of it goes through diffusers' attention-processor hook; no diffusers
+file is copied.
+
+The processors are plain objects (not ``nn.Module``): the trainable layers they use live in the
+``CyberHost`` module tree, so ``state_dict``/FSDP see each parameter exactly once. They read the
+per-call conditions from one shared :class:`InjectionState`, which the model fills before it runs
+a UNet and which stays until the next call, so activation-checkpoint recomputation in backward
+sees the same tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+from torch import Tensor, nn
+
+
+@dataclass
+class InjectionState:
+    """Conditions the processors read during one UNet call.
+
+    Attributes:
+        bank: written by the reference net: layer name -> attn1 input ``(N, L, C)``.
+        reference: layer name -> reference tokens ``(B, L, C)`` for spatial self-attention.
+        ref_keep: ``(B,)`` bool, False drops the reference for that sample (CFG / dropout).
+        motion: layer name -> motion-frame tokens ``(B, M, L, C)`` for temporal attention.
+        audio: audio tokens ``(B*F, K, D)`` per frame.
+        audio_keep: ``(B,)`` bool, False drops the audio for that sample.
+        batch: B, samples in the call (the UNet batch is ``B*F``).
+        recording: True while the reference net runs (its processors write ``bank``).
+    """
+
+    bank: dict[str, Tensor] = field(default_factory=dict)
+    reference: dict[str, Tensor] | None = None
+    ref_keep: Tensor | None = None
+    motion: dict[str, Tensor] | None = None
+    audio: Tensor | None = None
+    audio_keep: Tensor | None = None
+    batch: int = 1
+    recording: bool = False
+
+    def clear(self) -> None:
+        """Forget every tensor (call when no backward will follow, e.g. after sampling)."""
+        self.bank = {}
+        self.reference = self.motion = self.audio = None
+        self.ref_keep = self.audio_keep = None
+
+
+def _heads(x: Tensor, heads: int) -> Tensor:
+    """(N, L, H*D) -> (N, H, L, D)."""
+    n, length, dim = x.shape
+    return x.view(n, length, heads, dim // heads).transpose(1, 2)
+
+
+def _merge(x: Tensor) -> Tensor:
+    """(N, H, L, D) -> (N, L, H*D)."""
+    n, heads, length, dim = x.shape
+    return x.transpose(1, 2).reshape(n, length, heads * dim)
+
+
+def _check_plain(attn: Attention) -> None:
+    if attn.spatial_norm is not None or attn.group_norm is not None or attn.residual_connection:
+        raise ValueError("CyberHost processors expect SD-style attention (no group/spatial norm, no residual)")
+
+
+def sdpa(attn: Attention, query_in: Tensor, kv_in: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Attention of ``attn``'s projections with ``F.scaled_dot_product_attention``.
+
+    Args:
+        attn: a diffusers ``Attention`` (its ``to_q/to_k/to_v/to_out`` are used).
+        query_in: ``(N, Lq, C)``.
+        kv_in: ``(N, Lk, Ckv)``.
+        mask: optional bool ``(N, 1, 1, Lk)``, True = attend.
+
+    Returns:
+        ``(N, Lq, C)`` after the output projection.
+    """
+    q = _heads(attn.to_q(query_in), attn.heads)
+    k = _heads(attn.to_k(kv_in), attn.heads)
+    v = _heads(attn.to_v(kv_in), attn.heads)
+    out = _merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))  # (N, Lq, H*D)
+    return attn.to_out[1](attn.to_out[0](out.to(q.dtype)))
+
+
+class PlainProcessor:
+    """SDPA attention with nothing added (used where CyberHost injects nothing)."""
+
+    def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
+                 attention_mask: Tensor | None = None, **_: object) -> Tensor:
+        _check_plain(attn)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        return sdpa(attn, hidden_states, context)
+
+
+class RecordingProcessor(PlainProcessor):
+    """Reference-net spatial self-attention: computes as usual and records its input tokens."""
+
+    def __init__(self, state: InjectionState, name: str) -> None:
+        self.state, self.name = state, name
+
+    def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
+                 attention_mask: Tensor | None = None, **_: object) -> Tensor:
+        if self.state.recording:
+            self.state.bank[self.name] = hidden_states  # (N, L, C)
+        return super().__call__(attn, hidden_states)
+
+
+class ReferenceSelfAttnProcessor:
+    """Denoiser spatial self-attention with the reference tokens appended to K and V (Sec. 3.1).
+
+    K/V of the reference are projected once per sample and shared by its ``F`` frames.
+    """
+
+    def __init__(self, state: InjectionState, name: str) -> None:
+        self.state, self.name = state, name
+
+    def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
+                 attention_mask: Tensor | None = None, **_: object) -> Tensor:
+        _check_plain(attn)
+        ref = None if self.state.reference is None else self.state.reference.get(self.name)
+        keep = self.state.ref_keep
+        if ref is None or (keep is not None and not bool(keep.any())):
+            return sdpa(attn, hidden_states, hidden_states)
+        n = hidden_states.shape[0]  # B*F
+        frames = n // ref.shape[0]
+        q = _heads(attn.to_q(hidden_states), attn.heads)  # (BF, H, L, D)
+        k_self = _heads(attn.to_k(hidden_states), attn.heads)
+        v_self = _heads(attn.to_v(hidden_states), attn.heads)
+        k_ref = _heads(attn.to_k(ref), attn.heads).repeat_interleave(frames, 0)  # (BF, H, Lr, D)
+        v_ref = _heads(attn.to_v(ref), attn.heads).repeat_interleave(frames, 0)
+        k = torch.cat([k_self, k_ref], dim=2)
+        v = torch.cat([v_self, v_ref], dim=2)
+        mask = None
+        if keep is not None and not bool(keep.all()):
+            keep_f = keep.to(torch.bool).repeat_interleave(frames)  # (BF,)
+            mask = torch.ones(n, 1, 1, k.shape[2], dtype=torch.bool, device=q.device)
+            mask[:, :, :, k_self.shape[2]:] = keep_f.view(n, 1, 1, 1)
+        out = _merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)).to(q.dtype)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class AddedCrossAttention(nn.Module):
+    """A cross-attention whose output projection starts at zero, so adding it is a no-op at init.
+
+    Args:
+        query_dim: width of the attending features.
+        context_dim: width of the attended tokens.
+        heads: attention heads.
+    """
+
+    def __init__(self, query_dim: int, context_dim: int, heads: int) -> None:
+        super().__init__()
+        heads = max(1, min(heads, query_dim))
+        self.attn = Attention(query_dim, cross_attention_dim=context_dim, heads=heads,
+                              dim_head=query_dim // heads, processor=PlainProcessor())
+        nn.init.zeros_(self.attn.to_out[0].weight)
+        nn.init.zeros_(self.attn.to_out[0].bias)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        """(N, L, C), (N, K, Ck) -> (N, L, C)."""
+        return sdpa(self.attn, x, context)
+
+
+class AudioCrossAttnProcessor:
+    """Spatial cross-attention (text slot) plus the CyberHost audio attention of each frame.
+
+    ``out = Attn(x, text) + keep * AudioAttn(x, audio_tokens_of_frame)`` with the audio layer's output
+    projection zero-initialised; dropped samples get exactly the audio-free output.
+    """
+
+    def __init__(self, state: InjectionState, layer: AddedCrossAttention) -> None:
+        self.state, self.layer = state, layer
+
+    def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
+                 attention_mask: Tensor | None = None, **_: object) -> Tensor:
+        _check_plain(attn)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        out = sdpa(attn, hidden_states, context)  # (BF, L, C)
+        audio = self.state.audio
+        if audio is None:
+            return out
+        audio_out = self.layer(hidden_states, audio.to(hidden_states.dtype))  # (BF, L, C)
+        keep = self.state.audio_keep
+        if keep is not None:
+            frames = hidden_states.shape[0] // keep.shape[0]
+            audio_out = audio_out * keep.to(audio_out.dtype).repeat_interleave(frames).view(-1, 1, 1)
+        return out + audio_out
+
+
+class MotionFrameAttnProcessor:
+    """Temporal self-attention of an AnimateDiff module plus attention to the motion frames.
+
+    The temporal sequence of each pixel ``(B*H*W, F, C)`` also attends to the reference net's
+    features of the same pixel in the ``M`` motion frames, through an added zero-initialised layer
+    (so a pretrained AnimateDiff module is unchanged at init).
+    """
+
+    def __init__(self, state: InjectionState, source: str, layer: AddedCrossAttention) -> None:
+        self.state, self.source, self.layer = state, source, layer
+
+    def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
+                 attention_mask: Tensor | None = None, **_: object) -> Tensor:
+        _check_plain(attn)
+        out = sdpa(attn, hidden_states, hidden_states)  # (B*HW, F, C)
+        motion = None if self.state.motion is None else self.state.motion.get(self.source)
+        if motion is None:
+            return out
+        b, m, length, c = motion.shape  # (B, M, HW, C)
+        tokens = motion.permute(0, 2, 1, 3).reshape(b * length, m, c)  # (B*HW, M, C), pixel order as AnimateDiff
+        if tokens.shape[0] != hidden_states.shape[0]:
+            raise ValueError(f"motion frames have {length} tokens per frame, the temporal layer {hidden_states.shape[0] // b}")
+        return out + self.layer(hidden_states, tokens.to(hidden_states.dtype))
+
+
+def motion_source_name(temporal_name: str, spatial_names: set[str]) -> str | None:
+    """The reference-net layer whose features feed a temporal layer, or None.
+
+    ``down_blocks.1.motion_modules.0.transformer_blocks.0.attn1`` reads
+    ``down_blocks.1.attentions.0.transformer_blocks.0.attn1`` (same resolution and width).
+    """
+    parts = temporal_name.split(".")
+    i = parts.index("motion_modules")
+    candidate = ".".join([*parts[:i], "attentions", parts[i + 1], "transformer_blocks", "0", "attn1"])
+    return candidate if candidate in spatial_names else None
+
+
+def layer_key(name: str) -> str:
+    """A ``ModuleDict`` key for a dotted layer name."""
+    return name.replace(".", "__")
+
+
+def sinusoid(x: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Sinusoidal features of the last axis of ``x``: ``(..., ) -> (..., dim)``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    args = x.float()[..., None] * freqs
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)

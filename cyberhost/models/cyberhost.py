@@ -1,0 +1,386 @@
+"""The CyberHost network (ICLR 2025, Sec. 3): reference net, denoising UNet, audio, RCA, human priors.
+
+* Stage 1 (image pairs): Reference Net (SD-1.5 2D UNet) reads the reference latent plus the
+  encoded reference skeleton map (pose-aligned reference feature); its spatial self-attention
+  inputs are appended to the K/V of the denoising 2D UNet's spatial self-attention; the noised
+  latent gets the encoded body movement map added.
+* Stage 2 (clips): the denoising UNet becomes a diffusers ``UNetMotionModel`` built from the
+  stage-1 UNet (+ an AnimateDiff ``MotionAdapter``); the reference net also encodes the motion
+  frames, whose features enter the temporal attention; frozen wav2vec2 features enter through
+  added audio cross-attention; face and hand Region Codebook Attention (Eq. 2-5) sit after chosen
+  up blocks, each hand RCA followed by a 42-keypoint heatmap head; the hand clarity score is added
+  to each frame's time embedding.
+
+Every module stage 2 adds starts as a no-op (zero output projections), so at initialisation the
+stage-2 network reproduces the stage-1 network frame by frame (tested).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from diffusers import UNetMotionModel
+from torch import Tensor, nn
+
+from .arcface import IResNet, align_face, load_arcface
+from .attention import (
+    AddedCrossAttention,
+    AudioCrossAttnProcessor,
+    InjectionState,
+    MotionFrameAttnProcessor,
+    PlainProcessor,
+    RecordingProcessor,
+    ReferenceSelfAttnProcessor,
+    layer_key,
+    motion_source_name,
+)
+from .audio import AudioEncoder
+from .config import CyberHostConfig
+from .encoders import ConvFaceEncoder, HandClarityEmbedding, HandEncoder, PoseEncoder
+from .pretrained import build_motion_adapter, build_unet, build_vae, build_wav2vec2, new_motion_adapter
+from .rca import HeatmapHead, RegionCodebookAttention
+from .unet import check_plain_sd_unet, run_unet, stage_widths, time_embedding
+
+
+@dataclass
+class ReferenceFeatures:
+    """What the reference image (and motion frames) contribute; computed once per clip/sampling run.
+
+    Attributes:
+        spatial: layer name -> reference tokens ``(B, L, C)`` for spatial self-attention.
+        motion: layer name -> motion-frame tokens ``(B, M, L, C)`` for temporal attention, or None.
+        face_id: face identity tokens ``(B, T_f, id_dim)`` or None.
+        hand_id: hand identity tokens ``(B, T_h, id_dim)`` or None.
+    """
+
+    spatial: dict[str, Tensor]
+    motion: dict[str, Tensor] | None = None
+    face_id: Tensor | None = None
+    hand_id: Tensor | None = None
+
+
+@dataclass
+class CyberHostOutput:
+    """Output of :meth:`CyberHost.forward`.
+
+    Attributes:
+        sample: prediction (eps or v) ``(B, F, C, h, w)``.
+        face_masks: mask logits of each face RCA, ``(B, F, 1, h_i, w_i)``.
+        hand_masks: mask logits of each hand RCA.
+        heatmaps: hand keypoint heatmaps after each hand RCA, ``(B, F, 42, h_i, w_i)``.
+    """
+
+    sample: Tensor
+    face_masks: list[Tensor]
+    hand_masks: list[Tensor]
+    heatmaps: list[Tensor]
+
+
+def _freeze(module: nn.Module) -> None:
+    module.eval()
+    module.requires_grad_(False)
+
+
+class CyberHost(nn.Module):
+    """The full network of one training stage.
+
+    Args:
+        config: the network configuration (size, stage, local weight paths, design choices).
+    """
+
+    def __init__(self, config: CyberHostConfig) -> None:
+        super().__init__()
+        self.config = config
+        spec = config.spec
+        unet2d = build_unet(spec, config.sd15_path)
+        check_plain_sd_unet(unet2d)
+        self.vae = build_vae(spec, config.sd15_path)
+        latent_channels = unet2d.config.in_channels
+        cross_dim = unet2d.config.cross_attention_dim
+        if config.stage == 1:
+            self.reference_net = copy.deepcopy(unet2d)
+            self.unet = unet2d
+        else:
+            adapter = build_motion_adapter(spec, config.motion_adapter_path)
+            self.unet = UNetMotionModel.from_unet2d(unet2d, adapter or new_motion_adapter(spec))
+            if adapter is None:  # new temporal modules start as identities (AnimateDiff's zero init)
+                for name, module in self.unet.named_modules():
+                    if name.endswith("proj_out") and "motion_modules" in name:
+                        nn.init.zeros_(module.weight)
+                        nn.init.zeros_(module.bias)
+            self.reference_net = unet2d
+        self.text_context = nn.Parameter(torch.zeros(1, config.text_tokens, cross_dim))
+        self.pose_encoder = PoseEncoder(3, latent_channels, spec.pose_channels)
+        self.ref_pose_encoder = PoseEncoder(3, latent_channels, spec.pose_channels)
+        self.state = InjectionState()
+        self.audio_layers = nn.ModuleDict()
+        self.motion_layers = nn.ModuleDict()
+        self._set_processors()
+        self.face_rca = nn.ModuleDict()
+        self.hand_rca = nn.ModuleDict()
+        self.heatmap_heads = nn.ModuleDict()
+        if config.stage == 2:
+            self._build_stage2(cross_dim)
+        self._freeze_parts()
+
+    # ---------------------------------------------------------------- construction
+    def _set_processors(self) -> None:
+        spatial: set[str] = set()
+        ref_procs = {}
+        for name in self.reference_net.attn_processors:
+            layer = name.removesuffix(".processor")
+            if layer.endswith("attn1"):
+                spatial.add(layer)
+                ref_procs[name] = RecordingProcessor(self.state, layer)
+            else:
+                ref_procs[name] = PlainProcessor()
+        self.reference_net.set_attn_processor(ref_procs)
+        heads = self.config.spec.rca_heads
+        widths = {name: module.to_q.in_features for name, module in self.unet.named_modules() if hasattr(module, "to_q")}
+        procs = {}
+        for name in self.unet.attn_processors:
+            layer = name.removesuffix(".processor")
+            if "motion_modules" in layer:
+                source = motion_source_name(layer, spatial) if layer.endswith("attn1") else None
+                if source is None or self.config.stage == 1:
+                    procs[name] = PlainProcessor()
+                    continue
+                mod = AddedCrossAttention(widths[layer], widths[layer], heads)
+                self.motion_layers[layer_key(layer)] = mod
+                procs[name] = MotionFrameAttnProcessor(self.state, source, mod)
+            elif layer.endswith("attn1"):
+                procs[name] = ReferenceSelfAttnProcessor(self.state, layer)
+            elif self.config.stage == 2:
+                mod = AddedCrossAttention(widths[layer], self.unet.config.cross_attention_dim, heads)
+                self.audio_layers[layer_key(layer)] = mod
+                procs[name] = AudioCrossAttnProcessor(self.state, mod)
+            else:
+                procs[name] = PlainProcessor()
+        self.unet.set_attn_processor(procs)
+        self.spatial_layers = sorted(spatial)
+
+    def _build_stage2(self, cross_dim: int) -> None:
+        cfg, spec = self.config, self.config.spec
+        self.audio = AudioEncoder(build_wav2vec2(spec, cfg.wav2vec2_path), cfg.audio_layers, cfg.audio_context,
+                                  spec.audio_hidden, cfg.resolved_audio_tokens, cross_dim)
+        if cfg.resolved_face_encoder == "arcface":
+            self.face_encoder: nn.Module = (load_arcface(cfg.arcface_path, spec.arcface_arch) if cfg.arcface_path
+                                            else IResNet(spec.arcface_arch))
+        else:
+            self.face_encoder = ConvFaceEncoder(spec.face_conv_channels)
+        self.face_proj = nn.Sequential(nn.Linear(512, spec.face_tokens * spec.id_dim))
+        self.face_norm = nn.LayerNorm(spec.id_dim)
+        self.hand_encoder = HandEncoder(spec.hand_channels, spec.id_dim)
+        self.clarity = HandClarityEmbedding(self.unet.time_embedding.linear_2.out_features)
+        widths = stage_widths(self.unet)
+        n, m = cfg.resolved_codebooks
+        for region, blocks in (("face", cfg.resolved_face_rca), ("hand", cfg.resolved_hand_rca)):
+            target = self.face_rca if region == "face" else self.hand_rca
+            for block in blocks:
+                target[block] = RegionCodebookAttention(widths[block], spec.id_dim, n, m, spec.rca_heads,
+                                                        cfg.orthonormalize)
+                if region == "hand":
+                    self.heatmap_heads[block] = HeatmapHead(widths[block])
+
+    def _freeze_parts(self) -> None:
+        _freeze(self.vae)
+        if self.config.stage == 2:
+            _freeze(self.audio.wav2vec2)
+            if isinstance(self.face_encoder, IResNet):
+                _freeze(self.face_encoder)
+            if self.config.stage2_trainable == "added":
+                for part in (self.reference_net, self.pose_encoder, self.ref_pose_encoder):
+                    part.requires_grad_(False)
+                self.text_context.requires_grad_(False)
+                for name, p in self.unet.named_parameters():
+                    p.requires_grad_("motion_modules" in name)
+        # the reference net's output is never used: the tail after its last self-attention stays frozen
+        ref = self.reference_net
+        tail: list[nn.Module] = [ref.conv_out] + ([ref.conv_norm_out] if ref.conv_norm_out is not None else [])
+        last = ref.up_blocks[-1]
+        if hasattr(last, "attentions"):
+            block = last.attentions[-1]
+            tail += [block.proj_out, *[getattr(block.transformer_blocks[-1], k) for k in ("norm2", "attn2", "norm3", "ff")]]
+        for module in tail:
+            module.requires_grad_(False)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Pretrained parts that always stay in eval mode and out of the optimiser."""
+        parts: list[nn.Module] = [self.vae]
+        if self.config.stage == 2:
+            parts.append(self.audio.wav2vec2)
+            if isinstance(self.face_encoder, IResNet):
+                parts.append(self.face_encoder)
+        return parts
+
+    def train(self, mode: bool = True) -> CyberHost:
+        """Like ``nn.Module.train`` but keeps :meth:`frozen_modules` in eval mode."""
+        super().train(mode)
+        for part in self.frozen_modules():
+            part.eval()
+        return self
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters the optimiser should update."""
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Activation checkpointing in both UNets (diffusers) and in every RCA."""
+        self.unet.enable_gradient_checkpointing()
+        self.reference_net.enable_gradient_checkpointing()
+        for rca in [*self.face_rca.values(), *self.hand_rca.values()]:
+            rca.gradient_checkpointing = True
+
+    def load_stage1(self, state_dict: dict[str, Tensor]) -> None:
+        """Load a stage-1 state dict into a stage-2 network (keys of shared parts are identical).
+
+        Raises:
+            ValueError: if the dict has keys the stage-2 network lacks or misses stage-1 keys.
+        """
+        result = self.load_state_dict(state_dict, strict=False)
+        stage2_only = ("motion_modules", "audio", "motion_layers", "face_", "hand_", "heatmap_heads", "clarity")
+        missing = [k for k in result.missing_keys if not any(s in k for s in stage2_only)]
+        if result.unexpected_keys or missing:
+            raise ValueError(f"not a stage-1 state dict: unexpected {result.unexpected_keys[:5]}, missing {missing[:5]}")
+
+    # ---------------------------------------------------------------- VAE
+    @torch.no_grad()
+    def encode_images(self, images: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
+        """(N, 3, H, W) in [-1, 1] -> scaled latents (N, 4, H/8, W/8)."""
+        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        z = dist.sample(generator) if sample else dist.mean
+        return z * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Scaled latents (N, 4, h, w) -> images (N, 3, 8h, 8w) in [-1, 1]."""
+        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.clamp(-1, 1)
+
+    # ---------------------------------------------------------------- conditions
+    def encode_audio(self, waveform: Tensor, num_frames: int) -> Tensor:
+        """(B, S) 16 kHz audio spanning ``num_frames`` frames -> audio tokens (B, F, K, D) (stage 2)."""
+        if self.config.stage != 2:
+            raise RuntimeError("audio conditioning exists in stage 2 only")
+        return self.audio(waveform, num_frames)
+
+    def encode_reference(
+        self,
+        ref_latents: Tensor,
+        ref_skeleton: Tensor | None = None,
+        motion_latents: Tensor | None = None,
+        face: Tensor | None = None,
+        hand_crops: Tensor | None = None,
+    ) -> ReferenceFeatures:
+        """Run the reference net once (Sec. 3.1) and the identity encoders (Sec. 3.2).
+
+        Args:
+            ref_latents: ``(B, 4, h, w)`` reference latent.
+            ref_skeleton: ``(B, 3, H, W)`` skeleton map of the reference (pose-aligned reference feature).
+            motion_latents: ``(B, M, 4, h, w)`` latents of the motion frames (stage 2).
+            face: ``(B, 3, S, S)`` face crop of the reference in [-1, 1] (stage 2).
+            hand_crops: ``(B, 2, 3, 128, 128)`` left/right hand crops of the reference (stage 2).
+        """
+        b = ref_latents.shape[0]
+        x = ref_latents
+        if ref_skeleton is not None:
+            x = x + self.ref_pose_encoder(ref_skeleton.to(x.dtype))  # (B, 4, h, w)
+        m = 0 if motion_latents is None else motion_latents.shape[1]
+        if m:
+            x = torch.cat([x, motion_latents.flatten(0, 1)], dim=0)  # (B + B*M, 4, h, w)
+        n = x.shape[0]
+        emb = time_embedding(self.reference_net, torch.zeros(n, device=x.device, dtype=torch.long))
+        self.state.bank, self.state.recording = {}, True
+        try:
+            run_unet(self.reference_net, x, emb, self.text_context.expand(n, -1, -1), num_frames=1)
+        finally:
+            self.state.recording = False
+        bank, self.state.bank = self.state.bank, {}
+        spatial = {k: v[:b] for k, v in bank.items()}
+        motion = {k: v[b:].unflatten(0, (b, m)) for k, v in bank.items()} if m else None
+        feats = ReferenceFeatures(spatial=spatial, motion=motion)
+        if self.config.stage == 2:
+            if face is not None:
+                embed = self.face_encoder(align_face(face.to(ref_latents.dtype)))  # (B, 512)
+                feats.face_id = self.face_norm(self.face_proj(embed).unflatten(1, (self.config.spec.face_tokens, -1)))
+            if hand_crops is not None:
+                feats.hand_id = self.hand_encoder(hand_crops)  # (B, T_h, id_dim)
+        return feats
+
+    # ---------------------------------------------------------------- forward
+    def forward(
+        self,
+        noisy_latents: Tensor,
+        timesteps: Tensor,
+        reference: ReferenceFeatures | None = None,
+        movement_map: Tensor | None = None,
+        audio_tokens: Tensor | None = None,
+        hand_clarity: Tensor | None = None,
+        ref_keep: Tensor | None = None,
+        audio_keep: Tensor | None = None,
+    ) -> CyberHostOutput:
+        """Predict the noise (or v) of a batch of clips.
+
+        Args:
+            noisy_latents: ``(B, F, 4, h, w)`` (F = 1 for stage 1 image pairs).
+            timesteps: ``(B,)`` diffusion timesteps.
+            reference: from :meth:`encode_reference`; None = no reference at all.
+            movement_map: ``(B, F, 3, H, W)`` body movement map (pixel resolution, 8x the latent).
+            audio_tokens: ``(B, F, K, D)`` from :meth:`encode_audio` (stage 2).
+            hand_clarity: ``(B, F, 2)`` left/right hand clarity scores, NaN where absent (stage 2).
+            ref_keep: ``(B,)`` bool; False drops reference and identity for that sample (CFG).
+            audio_keep: ``(B,)`` bool; False drops the audio for that sample.
+        """
+        b, f = noisy_latents.shape[:2]
+        x = noisy_latents.flatten(0, 1)  # (BF, 4, h, w)
+        if movement_map is not None:
+            x = x + self.pose_encoder(movement_map.flatten(0, 1).to(x.dtype))
+        emb = time_embedding(self.unet, timesteps.expand(b)).repeat_interleave(f, 0)  # (BF, D)
+        if hand_clarity is not None and self.config.stage == 2:
+            emb = emb + self.clarity(hand_clarity).to(emb.dtype)
+        state = self.state
+        state.batch, state.ref_keep, state.audio_keep = b, ref_keep, audio_keep
+        state.reference = None if reference is None else reference.spatial
+        state.motion = None if reference is None else reference.motion
+        state.audio = None if audio_tokens is None else audio_tokens.flatten(0, 1)  # (BF, K, D)
+        face_masks: list[Tensor] = []
+        hand_masks: list[Tensor] = []
+        heatmaps: list[Tensor] = []
+        face_id = None if reference is None else reference.face_id
+        hand_id = None if reference is None else reference.hand_id
+
+        def hook(name: str, h: Tensor) -> Tensor:
+            if name in self.face_rca:
+                h, logits = self.face_rca[name](h, face_id, f, identity_keep=ref_keep)
+                face_masks.append(logits.unflatten(0, (b, f)))
+            if name in self.hand_rca:
+                h, logits = self.hand_rca[name](h, hand_id, f, identity_keep=ref_keep)
+                hand_masks.append(logits.unflatten(0, (b, f)))
+                heatmaps.append(self.heatmap_heads[name](h).unflatten(0, (b, f)))
+            return h
+
+        context = self.text_context.to(x.dtype).expand(b * f, -1, -1)
+        out = run_unet(self.unet, x, emb, context, f, hook if self.config.stage == 2 else None)
+        return CyberHostOutput(out.unflatten(0, (b, f)), face_masks, hand_masks, heatmaps)
+
+    def denoiser(
+        self,
+        reference: ReferenceFeatures,
+        movement_map: Tensor | None = None,
+        audio_tokens: Tensor | None = None,
+        hand_clarity: Tensor | None = None,
+    ) -> Callable[[Tensor, Tensor, bool, bool], Tensor]:
+        """A closure for ``cyberhost.diffusion.GuidedSampler``: ``(x_t, t, use_ref, use_audio) -> prediction``.
+
+        The reference features are computed once by the caller and reused at every step.
+        """
+
+        def denoise(x: Tensor, t: Tensor, use_reference: bool, use_audio: bool) -> Tensor:
+            # dropping the reference keeps the motion frames, exactly as ref_keep=False in training
+            keep = None if use_reference else torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+            return self(x, t, reference, movement_map, audio_tokens if use_audio else None, hand_clarity,
+                        ref_keep=keep).sample
+
+        return denoise

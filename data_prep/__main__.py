@@ -1,0 +1,63 @@
+"""``python -m data_prep``: raw talking videos -> validated, sharded, resumable clip dataset.
+
+Reads top-down: arguments and config -> this machine's share of the inputs -> drop what a killed
+run left and what is already finished -> worker processes (probe, decode, audio, segment,
+keypoints, regions, filters, write; see :mod:`data_prep.worker`) -> manifest and report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cyberhost.data.shards import remove_uncommitted
+from data_prep.config import PrepConfig
+from data_prep.outputs import write_outputs
+from data_prep.run import PrepError, find_inputs, finished_inputs, partition, partition_from_env, run_pool
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "data" / "prep.yaml"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line arguments."""
+    p = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__.split("\n")[0])
+    p.add_argument("--input", type=Path, required=True, help="folder of raw videos (searched recursively)")
+    p.add_argument("--output", type=Path, required=True, help="dataset folder: shards/, manifest.json, report.json")
+    p.add_argument("--workers", type=int, default=2, help="worker processes on this machine")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None, help="prep YAML (conf/data/prep.yaml)")
+    p.add_argument("--num-shards", type=int, default=None, help="machines sharing the inputs (default: SLURM/torchrun env, else 1)")
+    p.add_argument("--shard-index", type=int, default=None, help="this machine's index (default: SLURM/torchrun env, else 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the preparation; returns the exit code (0 when any input gave clips)."""
+    args = parse_args(argv)
+    try:
+        cfg = PrepConfig.from_yaml(args.config)
+    except (OSError, ValueError, TypeError) as err:
+        raise PrepError(f"config {args.config}: {err}") from err
+    shard_index, num_shards = partition_from_env(args.num_shards, args.shard_index)
+    mine = partition(find_inputs(args.input, cfg.extensions), shard_index, num_shards)
+    shard_dir = args.output / "shards"
+    remove_uncommitted(shard_dir, shard_index)
+    done = finished_inputs(shard_dir)
+    todo = [rel for rel in mine if rel not in done]
+    print(f"data_prep: part {shard_index}/{num_shards}: {len(mine)} inputs, {len(mine) - len(todo)} already done, {len(todo)} to do", file=sys.stderr)
+    result = run_pool(todo, args.input, shard_dir, cfg, args.workers, shard_index, not args.no_progress) if todo else None
+    if result and result.errors:
+        raise PrepError(result.errors[0])
+    manifest, report = write_outputs(args.output, cfg.to_dict())
+    lost = len(todo) - len(result.entries) if result else 0
+    print(f"data_prep: {manifest['clips']} clips from {manifest['ok']} of {manifest['inputs']} inputs ({manifest['skipped']} skipped) -> {args.output}/manifest.json, report {args.output}/report.json", file=sys.stderr)
+    if lost:
+        print(f"data_prep: {lost} input(s) unfinished (a worker died); rerun to retry them", file=sys.stderr)
+    if not any(e["status"] == "ok" for e in report["files"] if e["file"] in set(mine)):
+        raise PrepError(f"no input gave a clip; reasons are in {args.output}/report.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

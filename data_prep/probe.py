@@ -1,0 +1,80 @@
+"""Step 1a: probe and validate an input file; every refusal is a :class:`SkipInput` with a precise reason."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+
+from data_prep.config import PrepConfig
+
+
+class SkipInput(Exception):
+    """An input that cannot give clips; the message is the report's reason."""
+
+
+@dataclass(frozen=True)
+class ProbeInfo:
+    """What the decoder needs to know about an input.
+
+    Attributes:
+        width: coded frame width (before rotation).
+        height: coded frame height.
+        duration: container duration in seconds (0 when unknown).
+        has_audio: the file has an audio stream.
+        codec: video codec name.
+    """
+
+    width: int
+    height: int
+    duration: float
+    has_audio: bool
+    codec: str
+
+
+def probe(path: Path, cfg: PrepConfig) -> ProbeInfo:
+    """Open a file and check it is a video this pipeline can use.
+
+    Args:
+        path: the input file.
+        cfg: thresholds (``max_input_pixels``, ``filters.require_audio``).
+
+    Returns:
+        The probe result.
+
+    Raises:
+        SkipInput: empty, unreadable, not media, no video stream, no audio (when required), or too
+            many pixels.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise SkipInput(f"unreadable: {err.strerror or err}") from err
+    if size == 0:
+        raise SkipInput("empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise SkipInput("unreadable: permission denied")
+    try:
+        container = av.open(str(path))
+    except PermissionError as err:
+        raise SkipInput(f"unreadable: {err.strerror or err}") from err
+    except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as err:
+        raise SkipInput(f"not a readable media file ({type(err).__name__}: {err})") from err
+    with container:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+            raise SkipInput(f"no video stream (has: {', '.join(kinds)})")
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        width, height = int(ctx.width or 0), int(ctx.height or 0)
+        duration = float(container.duration / av.time_base) if container.duration else 0.0
+        info = ProbeInfo(width, height, duration, bool(container.streams.audio), ctx.name or "?")
+    if width <= 0 or height <= 0:
+        raise SkipInput(f"video stream has no frame size ({info.codec})")
+    if width * height > cfg.max_input_pixels:
+        raise SkipInput(f"resolution {width}x{height} exceeds max_input_pixels={cfg.max_input_pixels}")
+    if cfg.filters.require_audio and not info.has_audio:
+        raise SkipInput("no audio track (filters.require_audio is true)")
+    return info

@@ -1,0 +1,161 @@
+"""Inputs, partition across machines, resume bookkeeping and the parallel worker pool."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+import queue
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from cyberhost.data.shards import commit_records
+from data_prep.config import PrepConfig
+from data_prep.worker import worker_main
+
+
+class PrepError(SystemExit):
+    """A run that cannot start or produced nothing: one clear message, non-zero exit."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"data_prep: error: {message}")
+
+
+def find_inputs(input_dir: Path, extensions: tuple[str, ...]) -> list[str]:
+    """Video files under ``input_dir`` (recursively, hidden paths excluded), relative and sorted.
+
+    Raises:
+        PrepError: the folder is missing or holds no video file.
+    """
+    if not input_dir.is_dir():
+        raise PrepError(f"input directory {input_dir} does not exist or is not a directory")
+    found = []
+    for path in input_dir.rglob("*"):
+        rel = path.relative_to(input_dir)
+        if any(part.startswith(".") for part in rel.parts) or path.suffix.lower() not in extensions:
+            continue
+        if path.is_file() or path.is_symlink():  # broken links get a report entry too
+            found.append(rel.as_posix())
+    if not found:
+        raise PrepError(f"no video files ({', '.join(extensions)}) under {input_dir}")
+    return sorted(found)
+
+
+def partition_from_env(num_shards: int | None, shard_index: int | None) -> tuple[int, int]:
+    """``(shard_index, num_shards)`` from the arguments, else SLURM array, SLURM task or torchrun variables.
+
+    Raises:
+        PrepError: an index outside ``[0, num_shards)``.
+    """
+    env = os.environ
+    candidates = (
+        ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"),
+        ("SLURM_PROCID", "SLURM_NTASKS", None),
+        ("RANK", "WORLD_SIZE", None),
+    )
+    env_index, env_count = 0, 1
+    for idx, count, base in candidates:
+        if idx in env and count in env:
+            env_index, env_count = int(env[idx]) - int(env.get(base, 0) if base else 0), int(env[count])
+            break
+    index = env_index if shard_index is None else shard_index
+    count = env_count if num_shards is None else num_shards
+    if count < 1 or not 0 <= index < count:
+        raise PrepError(f"shard index {index} is outside [0, {count}) (check --shard-index/--num-shards)")
+    return index, count
+
+
+def partition(inputs: list[str], shard_index: int, num_shards: int) -> list[str]:
+    """This machine's inputs: a stable hash of the path modulo ``num_shards`` (adding files moves none)."""
+    return [r for r in inputs if int(hashlib.sha1(r.encode()).hexdigest(), 16) % num_shards == shard_index]
+
+
+def finished_inputs(shard_dir: Path) -> set[str]:
+    """Inputs named by a commit record (finished by any earlier run on any machine)."""
+    return {entry["file"] for record in commit_records(shard_dir) for entry in record["inputs"]} if shard_dir.is_dir() else set()
+
+
+@dataclass
+class RunResult:
+    """What a run did.
+
+    Attributes:
+        entries: report entries of the inputs finished in this run.
+        seconds: per-step worker seconds, summed over workers.
+        wall: wall-clock seconds of the pool.
+        frames: frames decoded and annotated.
+        errors: fatal worker errors (e.g. a keypoint model that cannot load).
+    """
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    wall: float = 0.0
+    frames: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def run_pool(todo: list[str], input_dir: Path, shard_dir: Path, cfg: PrepConfig, workers: int, shard_index: int, progress: bool = True) -> RunResult:
+    """Process ``todo`` with ``workers`` processes (spawned, each with its own backend and shard writer).
+
+    Args:
+        todo: input paths relative to ``input_dir``.
+        input_dir: the input folder.
+        shard_dir: where shards and commit records go.
+        cfg: the prep config.
+        workers: number of worker processes (at least 1).
+        shard_index: this machine's shard index (in shard names).
+        progress: show a live tqdm bar on stderr.
+
+    Returns:
+        The run's result.
+    """
+    ctx = mp.get_context("spawn")  # MediaPipe/OpenCV threads do not survive fork
+    tasks, events = ctx.Queue(), ctx.Queue()
+    for rel in todo:
+        tasks.put(rel)
+    workers = max(1, min(workers, len(todo)))
+    for _ in range(workers):
+        tasks.put(None)
+    args = (shard_index, cfg, str(input_dir), str(shard_dir), tasks, events)
+    procs = [ctx.Process(target=worker_main, args=(w, *args), daemon=True) for w in range(workers)]
+    result, start = RunResult(), time.perf_counter()
+    for p in procs:
+        p.start()
+    bar = tqdm(total=len(todo), unit="video", disable=not progress, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    timings = 0
+    with bar:
+        while timings + len(result.errors) < workers:
+            try:
+                kind, payload = events.get(timeout=1.0)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs):
+                    break  # a worker died without saying goodbye (e.g. killed)
+                continue
+            timings += _handle(kind, payload, result, bar)
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(clips=sum(e["clips"] for e in result.entries), fps=f"{result.frames / max(elapsed, 1e-9):.1f}")
+    for p in procs:
+        p.join(timeout=30)
+    result.wall = time.perf_counter() - start
+    return result
+
+
+def _handle(kind: str, payload: Any, result: RunResult, bar: tqdm) -> int:
+    if kind == "frames":
+        result.frames += payload
+    elif kind == "input":
+        result.entries.append(payload)
+        bar.update(1)
+    elif kind == "error":
+        result.errors.append(payload)
+    elif kind == "timing":
+        for step, s in payload.items():
+            result.seconds[step] += s
+        return 1
+    return 0

@@ -1,0 +1,85 @@
+"""SyncNet mechanics with random weights: MFCC framing, the offset search, the full pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.fft import dct
+
+from cyberhost.evaluation.syncnet import SyncNetV2, face_crops, load_syncnet, mfcc, resample_indices, sync_scores, sync_video
+from tests.evaluation.helpers import moving_frames, person_keypoints
+
+
+def test_mfcc_framing_and_energy() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(scale=3000, size=16_000)
+    ceps = mfcc(x)
+    assert ceps.shape == (99, 13)  # 1 + ceil((16000 - 400) / 160)
+    emph = np.append(x[:1], x[1:] - 0.97 * x[:-1])
+    frame = emph[160 * 5 : 160 * 5 + 400]
+    power = np.abs(np.fft.rfft(frame, 512)) ** 2 / 512
+    assert ceps[5, 0] == pytest.approx(np.log(power.sum()), rel=1e-10)
+    # a pure tone: energy sits in one band, so the log-mel spectrum (DCT'd) is not flat
+    tone = 3000 * np.sin(2 * np.pi * 1000 * np.arange(16_000) / 16_000)
+    assert np.abs(mfcc(tone)[10, 1:]).max() > 1
+    assert dct(np.ones(4), type=2, norm="ortho")[1:] == pytest.approx(0)
+
+
+def test_offset_search_finds_shift() -> None:
+    torch.manual_seed(0)
+    aud = torch.randn(40, 16)
+    for shift in (-3, 0, 4):
+        lip = torch.roll(aud, shifts=shift, dims=0)  # lip i matches audio i - shift
+        out = sync_scores(lip, aud, vshift=6)
+        assert out["offset"] == shift
+        assert out["sync_c"] > 0
+    assert sync_scores(aud, aud, vshift=6)["sync_d"] < 1e-3 * 40
+
+
+@torch.no_grad()
+def test_audio_shift_is_found_through_the_audio_tower() -> None:
+    """Lip features := audio-tower features of the audio delayed by k frames (k*640 samples): the
+    search must report offset -k, which checks MFCC framing (4 per video frame) and windowing."""
+    torch.manual_seed(0)
+    net = SyncNetV2(embed_dim=32).eval()
+    rng = np.random.default_rng(0)
+    audio = rng.normal(scale=3000, size=16_000 * 2) * np.repeat(rng.uniform(0, 1, 50), 640)
+
+    def aud_feats(samples: np.ndarray, n: int) -> torch.Tensor:
+        cc = torch.from_numpy(mfcc(samples).T.astype(np.float32))
+        return net.forward_aud(torch.stack([cc[None, :, 4 * i : 4 * i + 20] for i in range(n)]))
+
+    k = 3
+    delayed = np.concatenate([np.zeros(k * 640), audio[: -k * 640]])
+    n = 40
+    out = sync_scores(aud_feats(delayed, n), aud_feats(audio, n), vshift=8)
+    assert out["offset"] == -k
+    assert out["sync_c"] > 0
+
+
+def test_full_pipeline_random_weights(tmp_path) -> None:
+    torch.manual_seed(0)
+    net = SyncNetV2().eval()
+    state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "syncnet_v2.model")
+    net = load_syncnet(tmp_path / "syncnet_v2.model")
+    frames = moving_frames(12, 96, 80, seed=0)
+    crops = face_crops(frames, person_keypoints(12, 80, 96))
+    assert crops.shape == (12, 224, 224, 3)
+    audio = np.random.default_rng(1).normal(scale=0.1, size=12 * 640).astype(np.float32)
+    out = sync_video(net, crops, audio, vshift=3)
+    assert out["windows"] == 7 and -3 <= out["offset"] <= 3 and np.isfinite(out["sync_c"]) and out["sync_d"] > 0
+    with pytest.raises(ValueError, match="at least 6 frames"):
+        sync_video(net, crops[:5], audio)
+    assert face_crops(frames, np.zeros((12, 133, 3), np.float32)) is None
+    torch.save({"netcnnaud.0.weight": torch.zeros(1)}, tmp_path / "bad.model")
+    with pytest.raises(ValueError, match="does not fit syncnet_v2"):
+        load_syncnet(tmp_path / "bad.model")
+
+
+def test_resample_to_25_fps() -> None:
+    assert resample_indices(50, 50.0).tolist() == list(range(0, 50, 2))
+    assert resample_indices(10, 25.0).tolist() == list(range(10))
+    with pytest.raises(ValueError, match="frame rate"):
+        resample_indices(10, 0.0)

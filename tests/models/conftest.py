@@ -1,0 +1,57 @@
+"""Tiny CyberHost builders and inputs shared by the model tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cyberhost.models import CyberHost, CyberHostConfig
+
+LATENT = 8  # tiny latents are 8x8 (64x64 frames)
+
+
+def build(stage: int, seed: int = 0, **kwargs: object) -> CyberHost:
+    torch.manual_seed(seed)
+    return CyberHost(CyberHostConfig(size="tiny", stage=stage, **kwargs))
+
+
+def inputs(stage: int, batch: int = 2, frames: int = 3, motion: int = 2, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    f = 1 if stage == 1 else frames
+    d = {
+        "ref_latents": torch.randn(batch, 4, LATENT, LATENT, generator=g),
+        "ref_skeleton": torch.randn(batch, 3, 8 * LATENT, 8 * LATENT, generator=g),
+        "noisy": torch.randn(batch, f, 4, LATENT, LATENT, generator=g),
+        "t": torch.randint(0, 1000, (batch,), generator=g),
+        "movement": torch.randn(batch, f, 3, 8 * LATENT, 8 * LATENT, generator=g),
+    }
+    if stage == 2:
+        d["motion"] = torch.randn(batch, motion, 4, LATENT, LATENT, generator=g)
+        d["face"] = torch.randn(batch, 3, 64, 64, generator=g)
+        d["hands"] = torch.randn(batch, 2, 3, 128, 128, generator=g)
+        d["audio"] = torch.randn(batch, 16000 * f // 25, generator=g)
+        d["clarity"] = torch.rand(batch, f, 2, generator=g) * 80
+    return d
+
+
+def run(model: CyberHost, x: dict[str, torch.Tensor], **kwargs: object):
+    """Reference encoding + forward; returns (output, reference features)."""
+    ref = model.encode_reference(x["ref_latents"], x["ref_skeleton"], x.get("motion"), x.get("face"), x.get("hands"))
+    audio = model.encode_audio(x["audio"], x["noisy"].shape[1]) if "audio" in x else None
+    out = model(x["noisy"], x["t"], ref, x["movement"], audio, x.get("clarity"), **kwargs)
+    return out, ref
+
+
+def wake_zero_inits(model: nn.Module, std: float = 0.05, seed: int = 7) -> None:
+    """Give every all-zero trainable tensor random values (so the added paths do something)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad and p.numel() > 1 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+@pytest.fixture
+def stage2() -> CyberHost:
+    return build(2)

@@ -1,0 +1,150 @@
+"""Shared contract of the CyberHost network (STYLE.md #15) on the tiny size."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from cyberhost.models import CyberHost
+from cyberhost.models.unet import run_unet, time_embedding
+
+from .conftest import LATENT, build, inputs, run, wake_zero_inits
+
+
+def test_shapes_stage1_and_stage2() -> None:
+    out, ref = run(build(1), inputs(1))
+    assert out.sample.shape == (2, 1, 4, LATENT, LATENT)
+    assert out.face_masks == [] and out.heatmaps == [] and ref.motion is None
+    out, ref = run(build(2), inputs(2))
+    assert out.sample.shape == (2, 3, 4, LATENT, LATENT)
+    assert len(out.face_masks) == 1 and len(out.hand_masks) == 2
+    assert [h.shape for h in out.heatmaps] == [(2, 3, 42, LATENT, LATENT)] * 2
+    assert out.face_masks[0].shape == (2, 3, 1, LATENT, LATENT)
+    assert ref.face_id.shape == (2, 2, 32) and ref.hand_id.shape == (2, 16, 32)
+    assert all(v.shape[:2] == (2, 2) for v in ref.motion.values())
+
+
+def test_deterministic_under_seed() -> None:
+    a, _ = run(build(2, seed=3), inputs(2))
+    b, _ = run(build(2, seed=3), inputs(2))
+    assert torch.equal(a.sample, b.sample) and torch.equal(a.heatmaps[0], b.heatmaps[0])
+
+
+def test_run_unet_matches_diffusers_forward() -> None:
+    """Our block-by-block loop equals UNet2DConditionModel.forward (independent computation)."""
+    model = build(1)
+    unet: UNet2DConditionModel = model.unet
+    x, t = torch.randn(3, 4, LATENT, LATENT), torch.tensor([1, 500, 999])
+    ctx = torch.randn(3, 1, 32)
+    model.state.clear()
+    want = unet(x, t, ctx).sample
+    got = run_unet(unet, x, time_embedding(unet, t), ctx, num_frames=1)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_stage2_at_init_reproduces_stage1_per_frame() -> None:
+    """Zero-init: the 3D network with motion frames, audio, RCA and clarity equals the 2D one per frame."""
+    s1 = build(1, seed=0)
+    wake_zero_inits(s1)  # a "trained" stage 1: pose encoders and text tokens are no longer zero
+    s2: CyberHost = build(2, seed=5)
+    s2.load_stage1(s1.state_dict())
+    x = inputs(2, frames=3)
+    out2, _ = run(s2, x)
+    x1 = dict(x)
+    ref = s1.encode_reference(x["ref_latents"], x["ref_skeleton"])
+    b, f = x["noisy"].shape[:2]
+    per_frame = s1(x["noisy"].flatten(0, 1)[:, None], x["t"].repeat_interleave(f), _repeat(ref, f),
+                   x1["movement"].flatten(0, 1)[:, None])
+    torch.testing.assert_close(out2.sample, per_frame.sample.view(b, f, 4, LATENT, LATENT), rtol=0, atol=1e-5)
+
+
+def _repeat(ref, f):
+    ref.spatial = {k: v.repeat_interleave(f, 0) for k, v in ref.spatial.items()}
+    return ref
+
+
+def test_optimizer_step_changes_trainable_not_frozen() -> None:
+    model = build(2)
+    wake_zero_inits(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.1)
+    out, _ = run(model, inputs(2))
+    (out.sample.square().mean() + sum(h.mean() for h in out.heatmaps) + out.face_masks[0].mean()).backward()
+    opt.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert not changed & frozen
+    for prefix in ("vae.", "audio.wav2vec2.", "reference_net.", "pose_encoder.", "ref_pose_encoder."):
+        assert any(n.startswith(prefix) for n in frozen), prefix  # stage2_trainable="added"
+    for part in ("motion_modules", "motion_layers.", "audio_layers.", "audio.proj.", "face_rca.", "hand_rca.",
+                 "heatmap_heads.", "clarity.", "hand_encoder.", "face_encoder.", "face_proj."):
+        assert any(part in n for n in changed), part
+    assert not any("unet.down_blocks.0.resnets" in n for n in changed)
+
+
+def test_gradient_checkpointing_same_loss_and_grads() -> None:
+    def loss_and_grads(ckpt: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model = build(2, stage2_trainable="all")
+        wake_zero_inits(model)
+        model.train()
+        if ckpt:
+            model.enable_gradient_checkpointing()
+        out, _ = run(model, inputs(2))
+        loss = out.sample.square().mean() + out.heatmaps[-1].square().mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss_a, grads_a = loss_and_grads(False)
+    loss_b, grads_b = loss_and_grads(True)
+    torch.testing.assert_close(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 100
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bf16_autocast_runs() -> None:
+    model = build(2)
+    wake_zero_inits(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = run(model, inputs(2))
+    assert out.sample.dtype == torch.bfloat16 and torch.isfinite(out.sample.float()).all()
+    out.sample.float().mean().backward()
+
+
+def test_reference_dropout_removes_reference() -> None:
+    model = build(2, stage2_trainable="all")
+    wake_zero_inits(model)
+    x = inputs(2)
+    for key in ("ref_latents", "ref_skeleton", "face", "hands"):
+        x[key].requires_grad_(True)
+    out, _ = run(model, x, ref_keep=torch.tensor([False, True]))
+    out.sample[0].sum().backward(retain_graph=True)
+    for key in ("ref_latents", "ref_skeleton", "face", "hands"):
+        assert x[key].grad[0].abs().max() == 0, key
+        x[key].grad = None
+    out.sample[1].sum().backward()
+    for key in ("ref_latents", "ref_skeleton", "face", "hands"):
+        assert x[key].grad[1].abs().max() > 0, key
+    # a dropped sample equals the same sample run with the reference dropped for everyone
+    alone, _ = run(model, x, ref_keep=torch.tensor([False, False]))
+    torch.testing.assert_close(out.sample[0], alone.sample[0], rtol=0, atol=1e-5)
+
+
+def test_frame_output_ignores_audio_of_other_frames() -> None:
+    model = build(2)
+    wake_zero_inits(model)
+    for name, p in model.named_parameters():  # keep the frame-mixing paths at their zero init
+        if ("motion_modules" in name and "proj_out" in name) or "temporal.attn.to_out" in name:
+            torch.nn.init.zeros_(p)
+    x = inputs(2, frames=4)
+    ref = model.encode_reference(x["ref_latents"], x["ref_skeleton"], x["motion"], x["face"], x["hands"])
+    tokens = model.encode_audio(x["audio"], 4).detach().requires_grad_(True)
+    out = model(x["noisy"], x["t"], ref, x["movement"], tokens, x["clarity"])
+    out.sample[:, 1].sum().backward()
+    per_frame = tokens.grad.abs().flatten(2).amax(-1)  # (B, F)
+    assert (per_frame[:, 1] > 0).all() and per_frame[:, [0, 2, 3]].max() == 0
+    # dropping the audio of sample 0 removes its influence entirely
+    tokens.grad = None
+    out = model(x["noisy"], x["t"], ref, x["movement"], tokens, x["clarity"], audio_keep=torch.tensor([False, True]))
+    out.sample.sum().backward()
+    assert tokens.grad[0].abs().max() == 0 and tokens.grad[1].abs().max() > 0
