@@ -62,7 +62,7 @@ tensorboard: setup ## serve the TensorBoard logs under RUNS=runs on 127.0.0.1
 generate: setup ## image + audio -> mp4: ARGS="--image ... --audio ... --checkpoint ... --output ..."
 	$(BIN)/cyberhost generate $(ARGS)
 
-evaluate: setup ## metrics of generated vs ground-truth videos: ARGS="--generated ... --reference ..."
+evaluate: setup ## metrics of generated vs ground-truth videos: ARGS="--generated DIR --ground-truth DIR [--weights-dir DIR] --output DIR"
 	$(BIN)/cyberhost evaluate $(ARGS)
 
 bench-prep: setup ## data-prep throughput with 1 and 2 workers (numbers go to BENCHMARKS.md)

@@ -61,7 +61,7 @@ def probe(path: Path, cfg: PrepConfig) -> ProbeInfo:
     except PermissionError as err:
         raise SkipInput(f"unreadable: {err.strerror or err}") from err
     except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as err:
-        raise SkipInput(f"not a readable media file ({type(err).__name__}: {err})") from err
+        raise SkipInput(f"not a readable media file ({type(err).__name__}: {getattr(err, 'strerror', None) or err})") from err
     with container:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["no streams"]

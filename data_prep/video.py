@@ -58,6 +58,7 @@ class FrameReader:
         self.error: str | None = None
         self.source_frames = 0
         self.size: tuple[int, int] | None = None
+        self.frames_out = 0
 
     def _decoded(self) -> Iterator[tuple[Fraction, av.VideoFrame]]:
         with av.open(str(self.path)) as container:
@@ -110,9 +111,11 @@ class FrameReader:
                     yield k, img
                 k += 1
             prev, prev_t, prev_img = frame, t, img
+        self.frames_out = k
         if prev is None:
             raise SkipInput("video stream has no decodable frames")
         while k / self.fps <= prev_t + 1 / (2 * self.fps):  # the last frame still covers this target
             prev_img = prev_img if prev_img is not None else self._to_array(prev)
             yield k, prev_img
             k += 1
+            self.frames_out = k

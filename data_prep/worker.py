@@ -107,13 +107,15 @@ def _entry(rel: str, duration: float, reader: FrameReader, kept: int, frames: in
     notes = [f"{n} clip(s) dropped: {why}" for why, n in rejected.most_common()]
     if reader.error:
         notes.append(reader.error)
+    decoded = reader.frames_out / reader.fps
+    if duration - decoded > 0.5:
+        notes.append(f"decoded {float(decoded):.2f} s of the {duration:.2f} s the container announces (truncated?)")
     if audio_error:
         notes.append(audio_error)
     if reader.rotation:
         notes.append(f"rotated by {reader.rotation} degrees")
     if kept == 0 and not rejected:
-        seconds = reader.source_frames and duration
-        notes.insert(0, f"too short: no clip of at least the minimum length ({seconds:.2f} s of video)")
+        notes.insert(0, f"too short: {float(decoded):.2f} s of video gives no clip of the minimum length")
     return {"file": rel, "status": "ok" if kept else "skipped", "reason": "; ".join(notes), "clips": kept, "frames": frames}
 
 

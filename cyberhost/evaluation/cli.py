@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--ground-truth", type=Path, help="ground-truth video file or directory (matched by file stem)")
     src.add_argument("--pairs", type=Path, help="CSV with columns generated[,ground_truth,reference_image,audio,name]")
     src.add_argument("--reference-images", type=Path, help="identity reference image file or directory for CSIM")
-    src.add_argument("--audio", type=Path, help="driving audio file or directory for Sync (default: the generated track)")
+    src.add_argument(
+        "--audio", type=Path, help="driving audio file or directory for Sync (default: the generated track)"
+    )
     w = p.add_argument_group("weights (local files only; a metric without weights is reported as skipped)")
     w.add_argument("--weights-dir", type=Path, help="folder with " + ", ".join(WEIGHT_FILES.values()))
     w.add_argument("--fid-weights", type=Path, help="FID Inception-v3 state dict (.pth) or TorchScript feature net")

@@ -112,12 +112,19 @@ class EvalConfig:
 
     def weights(self, metric: str) -> tuple[Path | None, str]:
         """The weight file of ``metric`` and, when there is none, why."""
-        explicit = {"fid": self.fid_weights, "fvd": self.i3d_weights, "csim": self.face_weights, "sync": self.syncnet_weights}[metric]
+        explicit = {
+            "fid": self.fid_weights,
+            "fvd": self.i3d_weights,
+            "csim": self.face_weights,
+            "sync": self.syncnet_weights,
+        }[metric]
         if explicit is not None:
             return Path(explicit), ""
         if self.weights_dir is not None and (Path(self.weights_dir) / WEIGHT_FILES[metric]).is_file():
             return Path(self.weights_dir) / WEIGHT_FILES[metric], ""
-        flag = {"fid": "--fid-weights", "fvd": "--i3d-weights", "csim": "--face-weights", "sync": "--syncnet-weights"}[metric]
+        flag = {"fid": "--fid-weights", "fvd": "--i3d-weights", "csim": "--face-weights", "sync": "--syncnet-weights"}[
+            metric
+        ]
         return None, f"no weights: pass {flag} or put {WEIGHT_FILES[metric]} in --weights-dir"
 
 
@@ -167,7 +174,9 @@ class Evaluator:
                 net = load_feature_extractor(path)
                 self.fid = FrechetInceptionDistance(feature=net, normalize=False).to(config.device)
             elif metric == "fvd":
-                self.i3d = fvd_mod.I3DFeatures(path, config.i3d_kwargs, config.device, batch=max(1, config.batch_size // 4))
+                self.i3d = fvd_mod.I3DFeatures(
+                    path, config.i3d_kwargs, config.device, batch=max(1, config.batch_size // 4)
+                )
             elif metric == "csim":
                 self.face = load_face_embedder(path, config.batch_size, config.device)
             else:
@@ -189,7 +198,11 @@ class Evaluator:
     def evaluate_pair(self, pair: VideoPair) -> dict[str, Any]:
         """Per-video metrics of one pair (also feeds the FID/FVD statistics)."""
         gen, fps = read_video(pair.generated)
-        record: dict[str, Any] = {"name": pair.name, "generated": str(pair.generated), "ground_truth": str(pair.ground_truth or "")}
+        record: dict[str, Any] = {
+            "name": pair.name,
+            "generated": str(pair.generated),
+            "ground_truth": str(pair.ground_truth or ""),
+        }
         record.update({"frames": len(gen), "fps": fps, "notes": [], "skipped": {}})
         gt = None
         if pair.ground_truth is not None:
@@ -220,7 +233,9 @@ class Evaluator:
         if gt is not None and ({"ssim", "psnr"} & set(self.config.metrics)):
             gen_cmp = gen
             if gen.shape[1:3] != gt.shape[1:3]:
-                record["notes"].append(f"generated {gen.shape[2]}x{gen.shape[1]} resized to {gt.shape[2]}x{gt.shape[1]}")
+                record["notes"].append(
+                    f"generated {gen.shape[2]}x{gen.shape[1]} resized to {gt.shape[2]}x{gt.shape[1]}"
+                )
                 gen_cmp = resize_frames(gen, gt.shape[1:3])
             scores = frame_metrics(gen_cmp, gt)
             record.update({k: v for k, v in scores.items() if k in self.config.metrics})
@@ -244,7 +259,9 @@ class Evaluator:
             batch = torch.from_numpy(frames[i : i + self.config.batch_size]).permute(0, 3, 1, 2).contiguous()
             self.fid.update(batch.to(self.config.device), real=real)
 
-    def _keypoint_metrics(self, pair: VideoPair, gen: np.ndarray, fps: float, gt: np.ndarray | None, record: dict[str, Any]) -> None:
+    def _keypoint_metrics(
+        self, pair: VideoPair, gen: np.ndarray, fps: float, gt: np.ndarray | None, record: dict[str, Any]
+    ) -> None:
         wanted = [m for m in ("hkc", "hkv", "csim", "sync") if self._active(m)]
         if not wanted or self.keypoint_fn is None:
             return
@@ -262,7 +279,9 @@ class Evaluator:
         if "sync" in wanted:
             self._sync(pair, gen, fps, kps, record)
 
-    def _csim(self, pair: VideoPair, gen: np.ndarray, kps: np.ndarray, gt: np.ndarray | None, record: dict[str, Any]) -> None:
+    def _csim(
+        self, pair: VideoPair, gen: np.ndarray, kps: np.ndarray, gt: np.ndarray | None, record: dict[str, Any]
+    ) -> None:
         if pair.reference_image is not None:
             ref = _read_image(pair.reference_image)
         elif gt is not None:
@@ -274,7 +293,9 @@ class Evaluator:
         ref_faces, _ = align_faces(ref[None], self.keypoint_fn(ref[None]))
         faces, index = align_faces(gen, kps)
         if len(ref_faces) == 0 or len(faces) == 0:
-            record["skipped"]["csim"] = "no face found in the " + ("reference image" if len(ref_faces) == 0 else "generated video")
+            record["skipped"]["csim"] = "no face found in the " + (
+                "reference image" if len(ref_faces) == 0 else "generated video"
+            )
             return
         sims = csim(self.face(ref_faces)[0], self.face(faces))
         record["csim"] = float(sims.mean())
@@ -314,7 +335,7 @@ class Evaluator:
         for metric in PER_VIDEO:
             values = [v[metric] for v in videos if v.get(metric) is not None]
             base = "sync" if metric.startswith("sync") else metric
-            if base not in self.config.metrics or metric == "sync_offset":
+            if base not in self.config.metrics or base in self.skipped or metric == "sync_offset":
                 continue
             counts[metric] = len(values)
             aggregate[metric] = _nanmean(values) if values else None
@@ -339,14 +360,23 @@ class Evaluator:
             else:
                 aggregate[metric] = gen_s.distance(gt_s)
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()}
-        return {"protocol": PROTOCOL, "config": config, "aggregate": aggregate, "counts": counts, "skipped": skipped, "videos": videos}
+        return {
+            "protocol": PROTOCOL,
+            "config": config,
+            "aggregate": aggregate,
+            "counts": counts,
+            "skipped": skipped,
+            "videos": videos,
+        }
 
 
 def _fmt(value: Any) -> Any:
     return "" if value is None else value
 
 
-def write_outputs(result: dict[str, Any], out_dir: str | Path, tb_dir: str | Path | None = None, tb_step: int = 0) -> dict[str, Path]:
+def write_outputs(
+    result: dict[str, Any], out_dir: str | Path, tb_dir: str | Path | None = None, tb_step: int = 0
+) -> dict[str, Path]:
     """Write ``metrics.json``, ``per_video.csv`` and ``aggregate.csv``; log ``eval/<metric>`` scalars.
 
     Args:
@@ -367,7 +397,11 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path, tb_dir: str | Pat
         writer = csv.writer(f)
         writer.writerow(columns)
         for video in result["videos"]:
-            row = {**video, "skipped": "; ".join(f"{k}: {v}" for k, v in video["skipped"].items()), "notes": "; ".join(video["notes"])}
+            row = {
+                **video,
+                "skipped": "; ".join(f"{k}: {v}" for k, v in video["skipped"].items()),
+                "notes": "; ".join(video["notes"]),
+            }
             writer.writerow([_fmt(row.get(c)) for c in columns])
     with paths["aggregate"].open("w", newline="") as f:
         writer = csv.writer(f)

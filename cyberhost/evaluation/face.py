@@ -49,7 +49,13 @@ def five_points(keypoints: np.ndarray, min_confidence: float = MIN_CONFIDENCE) -
     used = _LEFT_EYE + _RIGHT_EYE + [_NOSE_TIP, _MOUTH_LEFT, _MOUTH_RIGHT]
     if (face[used, 2] < min_confidence).any():
         return None
-    pts = [face[_LEFT_EYE, :2].mean(0), face[_RIGHT_EYE, :2].mean(0), face[_NOSE_TIP, :2], face[_MOUTH_LEFT, :2], face[_MOUTH_RIGHT, :2]]
+    pts = [
+        face[_LEFT_EYE, :2].mean(0),
+        face[_RIGHT_EYE, :2].mean(0),
+        face[_NOSE_TIP, :2],
+        face[_MOUTH_LEFT, :2],
+        face[_MOUTH_RIGHT, :2],
+    ]
     return np.stack(pts).astype(np.float32)
 
 

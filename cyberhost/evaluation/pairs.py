@@ -44,19 +44,25 @@ def _by_stem(folder: Path, suffixes: set[str]) -> dict[str, Path]:
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.suffix.lower() in suffixes:
             if path.stem in files:
-                raise ValueError(f"{folder}: two files share the name {path.stem!r} ({files[path.stem].name}, {path.name})")
+                raise ValueError(
+                    f"{folder}: two files share the name {path.stem!r} ({files[path.stem].name}, {path.name})"
+                )
             files[path.stem] = path
     return files
 
 
-def _match(stems: list[str], source: Path | None, suffixes: set[str], what: str, required: bool) -> dict[str, Path | None]:
+def _match(
+    stems: list[str], source: Path | None, suffixes: set[str], what: str, required: bool
+) -> dict[str, Path | None]:
     if source is None:
         return dict.fromkeys(stems)
     if not source.exists():
         raise FileNotFoundError(f"{what} not found: {source}")
     if source.is_file():
         if len(stems) != 1:
-            raise ValueError(f"{what} is one file ({source}) but there are {len(stems)} generated videos; give a directory")
+            raise ValueError(
+                f"{what} is one file ({source}) but there are {len(stems)} generated videos; give a directory"
+            )
         return {stems[0]: source}
     found = _by_stem(source, suffixes)
     missing = [s for s in stems if s not in found]
@@ -92,12 +98,16 @@ def discover_pairs(
     stems = list(gens)
     gt_path = Path(ground_truth) if ground_truth is not None else None
     if gt_path is not None and generated.is_dir() != gt_path.is_dir() and gt_path.exists():
-        raise ValueError(f"give both --generated and --ground-truth as files or both as directories ({generated}, {gt_path})")
+        raise ValueError(
+            f"give both --generated and --ground-truth as files or both as directories ({generated}, {gt_path})"
+        )
     if gt_path is not None and gt_path.is_file():
         gts: dict[str, Path | None] = {stems[0]: gt_path}
     else:
         gts = _match(stems, gt_path, VIDEO_SUFFIXES, "ground truth", required=True)
-    refs = _match(stems, Path(reference_images) if reference_images else None, IMAGE_SUFFIXES, "reference images", False)
+    refs = _match(
+        stems, Path(reference_images) if reference_images else None, IMAGE_SUFFIXES, "reference images", False
+    )
     auds = _match(stems, Path(audio) if audio else None, AUDIO_SUFFIXES, "audio", False)
     return [VideoPair(s, gens[s], gts[s], refs[s], auds[s]) for s in stems]
 
@@ -128,10 +138,14 @@ def read_pairs_csv(path: str | Path) -> list[VideoPair]:
             if files["generated"] is None:
                 raise ValueError(f"{path}:{line}: empty 'generated'")
             name = (row.get("name") or "").strip() or files["generated"].stem  # type: ignore[union-attr]
-            pairs.append(VideoPair(name, files["generated"], files["ground_truth"], files["reference_image"], files["audio"]))  # type: ignore[arg-type]
+            pairs.append(
+                VideoPair(name, files["generated"], files["ground_truth"], files["reference_image"], files["audio"])
+            )  # type: ignore[arg-type]
     names = [p.name for p in pairs]
     if len(set(names)) != len(names):
-        raise ValueError(f"{path}: duplicate names {sorted({n for n in names if names.count(n) > 1})}; add a 'name' column")
+        raise ValueError(
+            f"{path}: duplicate names {sorted({n for n in names if names.count(n) > 1})}; add a 'name' column"
+        )
     if not pairs:
         raise ValueError(f"{path}: no rows")
     return pairs

@@ -71,7 +71,9 @@ class SyncNetV2(nn.Module):
         self.netfclip = nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, embed_dim))
         self.netcnnlip = nn.Sequential(  # (N, 3, 5, 224, 224) -> (N, 512, 1, 1, 1)
             *_block(c3(3, 96, (5, 7, 7), stride=(1, 2, 2)), 96, bn3, nn.MaxPool3d((1, 3, 3), (1, 2, 2))),
-            *_block(c3(96, 256, (1, 5, 5), (1, 2, 2), (0, 1, 1)), 256, bn3, nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))),
+            *_block(
+                c3(96, 256, (1, 5, 5), (1, 2, 2), (0, 1, 1)), 256, bn3, nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))
+            ),
             *_block(c3(256, 256, (1, 3, 3), padding=(0, 1, 1)), 256, bn3, None),
             *_block(c3(256, 256, (1, 3, 3), padding=(0, 1, 1)), 256, bn3, None),
             *_block(c3(256, 256, (1, 3, 3), padding=(0, 1, 1)), 256, bn3, nn.MaxPool3d((1, 3, 3), (1, 2, 2))),
@@ -163,8 +165,9 @@ def sync_scores(lip: torch.Tensor, aud: torch.Tensor, vshift: int = VSHIFT) -> d
         vshift: largest shift searched, in frames.
 
     Returns:
-        ``sync_d`` (min mean distance), ``sync_c`` (median minus min) and ``offset`` (frames;
-        positive when the audio features that match frame ``i`` come before ``i``).
+        ``sync_d`` (min mean distance), ``sync_c`` (median minus min) and ``offset`` in frames,
+        ``vshift - argmin`` as in ``syncnet_python``: negative when the audio lags the video
+        (frame ``i`` matches audio window ``i + |offset|``), positive when it leads.
     """
     n = lip.shape[0]
     padded = torch.nn.functional.pad(aud, (0, 0, vshift, vshift))  # zeros outside, as the reference does

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import UNetMotionModel
+from diffusers.utils import logging as diffusers_logging
 from torch import Tensor, nn
 
 from .arcface import IResNet, align_face, load_arcface
@@ -105,7 +106,12 @@ class CyberHost(nn.Module):
             self.unet = unet2d
         else:
             adapter = build_motion_adapter(spec, config.motion_adapter_path)
-            self.unet = UNetMotionModel.from_unet2d(unet2d, adapter or new_motion_adapter(spec))
+            level = diffusers_logging.get_verbosity()
+            diffusers_logging.set_verbosity_error()  # from_unet2d warns about an empty fp32 list on every build
+            try:
+                self.unet = UNetMotionModel.from_unet2d(unet2d, adapter or new_motion_adapter(spec))
+            finally:
+                diffusers_logging.set_verbosity(level)
             if adapter is None:  # new temporal modules start as identities (AnimateDiff's zero init)
                 for name, module in self.unet.named_modules():
                     if name.endswith("proj_out") and "motion_modules" in name:

@@ -46,24 +46,24 @@ def write_video(
     """
     fmt = {".mkv": "matroska", ".mp4": "mp4", ".mov": "mov"}[path.suffix]
     with av.open(str(path), "w", format=fmt) as c:
-        if audio is not None:
-            a = c.add_stream("aac", rate=audio_rate, layout="mono")
-            frame = av.AudioFrame.from_ndarray(audio[None].astype(np.float32), format="flt", layout="mono")
-            frame.sample_rate = audio_rate
-            resampler = av.AudioResampler(format="fltp", layout="mono", rate=audio_rate)
-            for f in [*resampler.resample(frame), *resampler.resample(None)]:
-                c.mux(a.encode(f))
-            c.mux(a.encode(None))
-        if frames is not None:
-            v = c.add_stream(codec, rate=fps)
+        a = c.add_stream("aac", rate=audio_rate, layout="mono") if audio is not None else None
+        v = c.add_stream(codec, rate=fps) if frames is not None else None
+        if v is not None:
             v.height, v.width = frames.shape[1:3]
             v.pix_fmt = "yuv420p"
             v.options = {"threads": "1"}
             if pts is not None:
-                v.time_base = Fraction(1, 1000)
                 v.codec_context.time_base = Fraction(1, 1000)
             if rotation is not None:
                 v.set_display_rotation(rotation)
+        if a is not None:
+            frame = av.AudioFrame.from_ndarray(audio[None].astype(np.float32), format="flt", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = audio_rate, 0, Fraction(1, audio_rate)
+            resampler = av.AudioResampler(format="fltp", layout="mono", rate=audio_rate)
+            for f in [*resampler.resample(frame), *resampler.resample(None)]:
+                c.mux(a.encode(f))
+            c.mux(a.encode(None))
+        if v is not None:
             for i, img in enumerate(frames):
                 vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
                 if pts is not None:

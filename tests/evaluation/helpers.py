@@ -37,7 +37,9 @@ class MeanColour(nn.Module):
 class TinyI3D(nn.Module):
     """Stands in for i3d_torchscript.pt: same call convention, 6-d features of (N, 3, T, H, W)."""
 
-    def forward(self, x: torch.Tensor, rescale: bool = True, resize: bool = True, return_features: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rescale: bool = True, resize: bool = True, return_features: bool = False
+    ) -> torch.Tensor:
         assert not rescale and not resize and return_features
         return torch.cat([x.mean(dim=(2, 3, 4)), x.std(dim=(2, 3, 4))], 1)
 

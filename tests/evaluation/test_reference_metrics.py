@@ -32,8 +32,14 @@ def test_ssim_psnr_match_scikit_image() -> None:
     for g, t in zip(gen / 255.0, gt / 255.0, strict=True):
         pad = ((5, 5), (5, 5), (0, 0))
         _, smap = structural_similarity(
-            np.pad(g, pad, mode="reflect"), np.pad(t, pad, mode="reflect"), gaussian_weights=True, sigma=1.5,
-            use_sample_covariance=False, data_range=1.0, channel_axis=-1, full=True,
+            np.pad(g, pad, mode="reflect"),
+            np.pad(t, pad, mode="reflect"),
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+            channel_axis=-1,
+            full=True,
         )
         ssims.append(smap[5:-5, 5:-5].mean())
     psnrs = [peak_signal_noise_ratio(t, g, data_range=255) for g, t in zip(gen, gt, strict=True)]
@@ -65,7 +71,9 @@ def test_frechet_diagonal_closed_form() -> None:
     m1, m2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
     v1, v2 = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 1.0])
     closed = np.sum((m1 - m2) ** 2) + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2)  # = 5 + (1 + 1 + 4)
-    got = frechet_distance(torch.tensor(m1), torch.diag(torch.tensor(v1)), torch.tensor(m2), torch.diag(torch.tensor(v2)))
+    got = frechet_distance(
+        torch.tensor(m1), torch.diag(torch.tensor(v1)), torch.tensor(m2), torch.diag(torch.tensor(v2))
+    )
     assert closed == pytest.approx(11.0) and got == pytest.approx(closed, abs=1e-9)
 
 

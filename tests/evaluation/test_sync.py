@@ -7,7 +7,15 @@ import pytest
 import torch
 from scipy.fft import dct
 
-from cyberhost.evaluation.syncnet import SyncNetV2, face_crops, load_syncnet, mfcc, resample_indices, sync_scores, sync_video
+from cyberhost.evaluation.syncnet import (
+    SyncNetV2,
+    face_crops,
+    load_syncnet,
+    mfcc,
+    resample_indices,
+    sync_scores,
+    sync_video,
+)
 from tests.evaluation.helpers import moving_frames, person_keypoints
 
 
@@ -39,8 +47,9 @@ def test_offset_search_finds_shift() -> None:
 
 @torch.no_grad()
 def test_audio_shift_is_found_through_the_audio_tower() -> None:
-    """Lip features := audio-tower features of the audio delayed by k frames (k*640 samples): the
-    search must report offset -k, which checks MFCC framing (4 per video frame) and windowing."""
+    """Lip features := audio-tower features of the same audio, one stream delayed by k frames
+    (k*640 samples): the search must report offset -k for late audio and +k for late video, which
+    checks the MFCC framing (4 per video frame), the windowing and the sign convention."""
     torch.manual_seed(0)
     net = SyncNetV2(embed_dim=32).eval()
     rng = np.random.default_rng(0)
@@ -53,9 +62,10 @@ def test_audio_shift_is_found_through_the_audio_tower() -> None:
     k = 3
     delayed = np.concatenate([np.zeros(k * 640), audio[: -k * 640]])
     n = 40
-    out = sync_scores(aud_feats(delayed, n), aud_feats(audio, n), vshift=8)
-    assert out["offset"] == -k
-    assert out["sync_c"] > 0
+    late_audio = sync_scores(aud_feats(audio, n), aud_feats(delayed, n), vshift=8)  # audio k frames late
+    assert late_audio["offset"] == -k and late_audio["sync_c"] > 0
+    late_video = sync_scores(aud_feats(delayed, n), aud_feats(audio, n), vshift=8)  # video k frames late
+    assert late_video["offset"] == k
 
 
 def test_full_pipeline_random_weights(tmp_path) -> None:

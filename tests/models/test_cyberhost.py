@@ -145,6 +145,7 @@ def test_frame_output_ignores_audio_of_other_frames() -> None:
     assert (per_frame[:, 1] > 0).all() and per_frame[:, [0, 2, 3]].max() == 0
     # dropping the audio of sample 0 removes its influence entirely
     tokens.grad = None
+    ref = model.encode_reference(x["ref_latents"], x["ref_skeleton"], x["motion"], x["face"], x["hands"])
     out = model(x["noisy"], x["t"], ref, x["movement"], tokens, x["clarity"], audio_keep=torch.tensor([False, True]))
     out.sample.sum().backward()
     assert tokens.grad[0].abs().max() == 0 and tokens.grad[1].abs().max() > 0

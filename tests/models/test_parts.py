@@ -1,0 +1,157 @@
+"""RCA, audio windows, encoders and pretrained loading (tiny)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+from cyberhost.models import SIZES, CyberHost, CyberHostConfig
+from cyberhost.models.arcface import IResNet
+from cyberhost.models.audio import AudioProjection
+from cyberhost.models.rca import RegionCodebookAttention, gram_schmidt, orthonormality_error, qr_orthonormalise
+
+from .conftest import build, inputs, run, wake_zero_inits
+
+
+def test_qr_equals_gram_schmidt() -> None:
+    rows = torch.randn(12, 40, dtype=torch.float64)
+    gs = torch.stack(_textbook_gram_schmidt(list(rows)))
+    torch.testing.assert_close(qr_orthonormalise(rows), gs, rtol=0, atol=1e-10)
+    torch.testing.assert_close(gram_schmidt(rows), gs, rtol=0, atol=1e-10)
+
+
+def _textbook_gram_schmidt(vectors: list[torch.Tensor]) -> list[torch.Tensor]:
+    basis: list[torch.Tensor] = []
+    for v in vectors:
+        u = v - sum((torch.dot(v, e) * e for e in basis), torch.zeros_like(v))
+        basis.append(u / torch.sqrt(torch.dot(u, u)))
+    return basis
+
+
+@pytest.mark.parametrize("method", ["qr", "gram_schmidt"])
+def test_codebooks_orthonormal_after_forward(method: str) -> None:
+    model = build(2, orthonormalize=method)
+    run(model, inputs(2))
+    rcas = [*model.face_rca.values(), *model.hand_rca.values()]
+    assert len(rcas) == 3
+    for rca in rcas:
+        for book in (rca.c_spa, rca.c_temp):
+            assert orthonormality_error(book.last.double()) < 1e-5
+
+
+def test_rca_changes_features_only_where_mask_is_nonzero() -> None:
+    torch.manual_seed(0)
+    rca = RegionCodebookAttention(32, 16, 8, 8, heads=2)
+    wake_zero_inits(rca)
+    x = torch.randn(2 * 3, 32, 6, 6)
+    identity = torch.randn(2, 5, 16, requires_grad=True)
+    mask = torch.zeros(6, 1, 6, 6)
+    mask[:, :, :3] = 1.0  # top half on
+    out, logits = rca(x, identity, num_frames=3, mask_override=mask)
+    assert logits.shape == (6, 1, 6, 6)
+    params = [rca.c_spa.weight, rca.c_temp.weight]
+    grads = torch.autograd.grad(out[:, :, 3:].sum(), [identity, *params], allow_unused=True, retain_graph=True)
+    assert all(g is None or g.abs().max() == 0 for g in grads)
+    torch.testing.assert_close(out[:, :, 3:], x[:, :, 3:], rtol=0, atol=0)
+    grads = torch.autograd.grad(out[:, :, :3].sum(), [identity, *params])
+    assert all(g.abs().max() > 0 for g in grads)
+
+
+def test_rca_is_identity_at_init() -> None:
+    rca = RegionCodebookAttention(32, 16, 8, 8, heads=2)
+    x = torch.randn(4, 32, 5, 5)
+    out, _ = rca(x, torch.randn(2, 3, 16), num_frames=2)
+    torch.testing.assert_close(out, x, rtol=0, atol=0)
+
+
+def test_audio_tokens_depend_only_on_their_window() -> None:
+    proj = AudioProjection(layers=3, width=8, context=2, hidden=16, tokens=4, out_dim=12)
+    feats = torch.randn(2, 10, 3, 8, requires_grad=True)
+    tokens = proj(feats)
+    assert tokens.shape == (2, 10, 4, 12)
+    (grad,) = torch.autograd.grad(tokens[:, 5].sum(), feats)
+    touched = grad.abs().flatten(2).amax(-1).amax(0)  # (F,)
+    assert (touched[3:8] > 0).all() and touched[:3].max() == 0 and touched[8:].max() == 0
+    (grad,) = torch.autograd.grad(proj(feats)[:, 0].sum(), feats)  # edge frames repeat the first feature
+    assert grad.abs().flatten(2).amax(-1).amax(0)[3:].max() == 0
+
+
+def test_audio_encoder_frame_count_and_frozen() -> None:
+    model = build(2)
+    tokens = model.encode_audio(torch.randn(2, 16000), 25)
+    assert tokens.shape == (2, 25, 4, 32)
+    assert not any(p.requires_grad for p in model.audio.wav2vec2.parameters())
+    assert all(p.requires_grad for p in model.audio.proj.parameters())
+
+
+def test_hand_clarity_embedding_handles_missing_hands() -> None:
+    model = build(2)
+    wake_zero_inits(model)
+    emb = model.clarity(torch.tensor([[[float("nan"), 30.0], [10.0, float("nan")]]]))
+    assert emb.shape == (2, model.unet.time_embedding.linear_2.out_features) and torch.isfinite(emb).all()
+
+
+def _save_tiny_pretrained(root: Path) -> dict[str, str]:
+    spec = SIZES["tiny"]
+    torch.manual_seed(11)
+    UNet2DConditionModel(**spec.unet).save_pretrained(root / "sd15" / "unet")
+    AutoencoderKL(**spec.vae).save_pretrained(root / "sd15" / "vae")
+    MotionAdapter(**spec.motion_adapter).save_pretrained(root / "motion")
+    Wav2Vec2Model(Wav2Vec2Config(**spec.wav2vec2)).save_pretrained(root / "wav2vec2")
+    arc = IResNet("r18")
+    arc.features.running_mean.uniform_()
+    save_file({k: v.contiguous() for k, v in arc.state_dict().items()}, str(root / "arcface.safetensors"))
+    torch.save(arc.state_dict(), root / "backbone.pth")
+    return dict(sd15_path=str(root / "sd15"), motion_adapter_path=str(root / "motion"),
+                wav2vec2_path=str(root / "wav2vec2"), arcface_path=str(root / "arcface.safetensors"))
+
+
+def test_pretrained_dirs_load_exactly(tmp_path: Path) -> None:
+    paths = _save_tiny_pretrained(tmp_path)
+    model = CyberHost(CyberHostConfig(size="tiny", stage=2, face_encoder="arcface", **paths))
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "sd15" / "unet")
+    for name, tensor in unet.state_dict().items():
+        assert torch.equal(model.reference_net.state_dict()[name], tensor), name
+        assert torch.equal(model.unet.state_dict()[name], tensor), name
+    adapter = MotionAdapter.from_pretrained(tmp_path / "motion")
+    for i, block in enumerate(adapter.down_blocks):
+        for name, tensor in block.motion_modules.state_dict().items():
+            assert torch.equal(model.unet.down_blocks[i].motion_modules.state_dict()[name], tensor)
+    vae = AutoencoderKL.from_pretrained(tmp_path / "sd15" / "vae")
+    assert all(torch.equal(model.vae.state_dict()[k], v) for k, v in vae.state_dict().items())
+    w2v = Wav2Vec2Model.from_pretrained(tmp_path / "wav2vec2")
+    assert all(torch.equal(model.audio.wav2vec2.state_dict()[k], v) for k, v in w2v.state_dict().items())
+    arc_pth = CyberHost(CyberHostConfig(size="tiny", stage=2, face_encoder="arcface",
+                                        **{**paths, "arcface_path": str(tmp_path / "backbone.pth")}))
+    for k, v in model.face_encoder.state_dict().items():
+        assert torch.equal(arc_pth.face_encoder.state_dict()[k], v), k
+    assert not any(p.requires_grad for p in model.face_encoder.parameters())
+    run(model, inputs(2))  # and it runs
+
+
+def test_missing_pretrained_paths_are_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope" / "unet")):
+        CyberHost(CyberHostConfig(size="tiny", sd15_path=str(tmp_path / "nope")))
+    (tmp_path / "adapter").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        CyberHost(CyberHostConfig(size="tiny", stage=2, motion_adapter_path=str(tmp_path / "adapter")))
+    with pytest.raises(FileNotFoundError, match="arcface"):
+        CyberHost(CyberHostConfig(size="tiny", stage=2, face_encoder="arcface", arcface_path=str(tmp_path / "a.pth")))
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="size"):
+        CyberHostConfig(size="huge")
+    with pytest.raises(ValueError, match="RCA block"):
+        CyberHostConfig(face_rca_blocks=["down9"])
+
+
+def test_talking_head_mode_has_no_hand_rca() -> None:
+    model = build(2, hand_rca_blocks=[])
+    out, _ = run(model, inputs(2))
+    assert out.hand_masks == [] and out.heatmaps == [] and len(out.face_masks) == 1
