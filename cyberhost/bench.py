@@ -146,6 +146,9 @@ def yardstick_steps(case: str, size: str, shp: Shapes, device: torch.device, ckp
         return step, unet, shp.batch, "img"
     frames = shp.frames + shp.motion
     unet2d = UNet2DConditionModel(**spec.unet)
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # from_unet2d warns about an empty fp32 list
     unet = _prepare(UNetMotionModel.from_unet2d(unet2d, MotionAdapter(**spec.motion_adapter)), device, channels_last)
     del unet2d
     unet.train()

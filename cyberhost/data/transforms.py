@@ -40,7 +40,8 @@ class TransformConfig:
         min_gap: stage 1: fewest frames between reference and target frame.
         num_frames: stage 2: target frames per sample (paper: 12).
         num_motion: stage 2: motion frames before the targets (paper: 4).
-        audio_context: stage 2: extra frames of audio on each side of the target window.
+        audio_context: stage 2: extra frames of real audio on each side of the target window (0: the
+            window covers exactly the targets, as ``CyberHost.encode_audio`` expects; it adds its own context).
         fps: frame rate the clips must have (audio samples per frame follow from it).
         movement_scale: range of the random movement-box enlargement factor (paper: 100-150 %).
         movement_min_side: smallest side of the raw movement box as a fraction of the crop height.
@@ -57,7 +58,7 @@ class TransformConfig:
     min_gap: int = 1
     num_frames: int = 12
     num_motion: int = 4
-    audio_context: int = 2
+    audio_context: int = 0
     fps: float = 25.0
     movement_scale: tuple[float, float] = maps.MOVEMENT_SCALE
     movement_min_side: float = 0.05

@@ -62,7 +62,7 @@ class IResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(64, eps=1e-5)
         self.prelu = nn.PReLU(64)
         inplanes = 64
-        for index, (planes, blocks) in enumerate(zip((64, 128, 256, 512), ARCHS[arch]), start=1):
+        for index, (planes, blocks) in enumerate(zip((64, 128, 256, 512), ARCHS[arch], strict=True), start=1):
             layer = [IBasicBlock(inplanes, planes, 2)] + [IBasicBlock(planes, planes, 1) for _ in range(blocks - 1)]
             setattr(self, f"layer{index}", nn.Sequential(*layer))
             inplanes = planes

@@ -20,7 +20,7 @@ from .attention import sinusoid
 def _conv_stack(in_channels: int, channels: tuple[int, ...], groups: int | None = None) -> nn.Sequential:
     """conv-SiLU, then per further stage a stride-2 conv-SiLU and a conv-SiLU (halves size each stage)."""
     layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, padding=1), nn.SiLU()]
-    for c_in, c_out in zip(channels[:-1], channels[1:]):
+    for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
         layers += [nn.Conv2d(c_in, c_out, 3, padding=1, stride=2), nn.SiLU(),
                    nn.Conv2d(c_out, c_out, 3, padding=1), nn.SiLU()]
     return nn.Sequential(*layers)

@@ -1,0 +1,75 @@
+"""``cyberhost`` command: ``fit|validate|test`` through LightningCLI, ``generate`` and ``evaluate``.
+
+Training configs are LightningCLI YAML files composed left to right::
+
+    cyberhost fit --config conf/stage1.yaml --config conf/debug/tiny.yaml
+    cyberhost fit --config conf/stage2.yaml --config conf/trainer/ddp.yaml --trainer.devices 8
+
+``model`` and ``data`` are chosen by ``class_path`` (``Stage1Module``/``Stage2Module``,
+``Stage1DataModule``/``Stage2DataModule``); typed ``__init__`` signatures and dataclasses are the
+schema, so an unknown key, a wrong type or an invalid value fails before training starts with a
+message naming the key, and the resolved config is saved beside the logs (``config.yaml``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+OTHER_COMMANDS = {
+    "generate": "cyberhost.inference.cli",
+    "evaluate": "cyberhost.evaluation.cli",
+}
+"""Subcommands that are not LightningCLI's, each with the module whose ``main(argv)`` runs it."""
+
+
+def main(argv: Sequence[str] | None = None) -> object:
+    """Run the command line.
+
+    Args:
+        argv: arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The LightningCLI object for training subcommands, else what the subcommand returns.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in OTHER_COMMANDS:
+        import importlib
+
+        return importlib.import_module(OTHER_COMMANDS[args[0]]).main(args[1:])
+    return _lightning_cli(args)
+
+
+def _lightning_cli(args: list[str]) -> object:
+    from lightning.pytorch.cli import LightningCLI
+
+    from cyberhost.data.datamodule import ClipDataModule
+    from cyberhost.training.module import CyberHostModule
+
+    class CyberHostCLI(LightningCLI):
+        """LightningCLI with our defaults (run dir ``runs/<stage>``, TensorBoard)."""
+
+        def add_arguments_to_parser(self, parser: object) -> None:
+            parser.set_defaults(  # type: ignore[attr-defined]
+                {
+                    "trainer.logger": {
+                        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                        "init_args": {"save_dir": "runs", "name": "stage"},
+                    },
+                }
+            )
+
+    return CyberHostCLI(
+        CyberHostModule,
+        ClipDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"parser_mode": "yaml"},
+    )
+
+
+if __name__ == "__main__":
+    main()

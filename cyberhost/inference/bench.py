@@ -1,0 +1,194 @@
+"""Generation benchmark: frames/s and peak memory of ``generate_video`` against a plain eager loop.
+
+``python -m cyberhost.inference.bench`` (on a GPU; defaults: ``sd15`` size, random init,
+640x384, 25 DDIM steps, 2 segments of 12 frames + 4 motion frames, bf16 autocast) times, in one
+run and on the same network and inputs:
+
+* ``eager``: the plain loop peers' pipelines use: DDIM with two-scale CFG where the reference
+  net re-runs (on the reference and the motion frames) at **every** sampling step, then VAE
+  decoding of the whole segment at once;
+* ``ours``: :func:`cyberhost.inference.generate_video` (reference/motion features once per
+  segment, audio tokens once, chunked decoding), sequential CFG;
+* ``ours_batched``: the same with the three CFG branches in one batch (``--batch-cfg``).
+
+Reported per case: seconds, frames/s (generated frames / wall time of the whole generation
+after the reference is prepared; keypoint detection and mp4 encoding are CPU work outside it),
+peak GPU memory, and the speed-up over ``eager``. ``--size tiny --device cpu`` is a smoke test
+(CPU timings mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from cyberhost.data.schema import AUDIO_SAMPLE_RATE
+from cyberhost.diffusion import GuidedSampler, NoiseSchedule, SamplerConfig
+from cyberhost.models import CyberHost, CyberHostConfig
+
+from .conditions import ReferenceConditions
+from .pipeline import GenerateConfig, _autocast, _unit, audio_tokens, generate_video
+
+
+@dataclass
+class BenchResult:
+    """One benchmark row."""
+
+    case: str
+    seconds: float
+    frames: int
+    frames_per_s: float
+    peak_mem_gib: float
+    speedup_vs_eager: float
+    reference_net_calls: int
+
+
+def synthetic_reference(size: tuple[int, int], seed: int = 0) -> ReferenceConditions:
+    """Random reference conditions of ``size`` (random init makes real images pointless)."""
+    g = np.random.default_rng(seed)
+    h, w = size
+
+    def img(*shape: int) -> torch.Tensor:
+        return torch.from_numpy(g.integers(0, 256, shape, dtype=np.uint8))
+
+    box = torch.zeros(3, h, w, dtype=torch.uint8)
+    box[:, h // 3 : h // 2, w // 3 : 2 * w // 3] = 255
+    return ReferenceConditions(image=img(3, h, w), skeleton=img(3, h, w), face=img(3, 256, 256), face_valid=True,
+                               hands=img(2, 3, 128, 128), hands_valid=torch.tensor([True, True]), movement_map=box,
+                               keypoints=np.zeros((133, 3), np.float32), clarity=np.full(2, 20.0, np.float32),
+                               size=size)
+
+
+def eager_generate(model: CyberHost, ref: ReferenceConditions, audio: np.ndarray, cfg: GenerateConfig,
+                   num_frames: int, num_motion: int, segments: int, fps: float) -> np.ndarray:
+    """The plain loop: the reference net re-runs at every step; whole-segment decoding."""
+    device = next(model.parameters()).device
+    sampler = GuidedSampler(NoiseSchedule().sampling_scheduler(),
+                            SamplerConfig(cfg.steps, cfg.ref_scale, cfg.audio_scale, cfg.eta))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    out = []
+    with torch.inference_mode(), _autocast(device, cfg.autocast):
+        tokens = audio_tokens(model, audio, segments * num_frames, fps, device)
+        ref_latent = model.encode_images(_unit(ref.image[None], device))
+        skeleton, face = _unit(ref.skeleton[None], device), _unit(ref.face[None], device)
+        hands = _unit(ref.hands[None], device)
+        movement = _unit(ref.movement_map[None, None], device).expand(1, num_frames, -1, -1, -1)
+        clarity = torch.full((1, num_frames, 2), 30.0, device=device)
+        motion = ref_latent[:, None].expand(1, num_motion, *ref_latent.shape[1:])
+        for s in range(segments):
+            seg_tokens = tokens[:, s * num_frames : (s + 1) * num_frames]
+            feats: dict[str, object] = {}
+
+            def denoise(x: torch.Tensor, t: torch.Tensor, use_ref: bool, use_audio: bool,
+                        _m: torch.Tensor = motion, _tok: torch.Tensor = seg_tokens,
+                        _f: dict[str, object] = feats) -> torch.Tensor:
+                if use_ref and use_audio:  # first call of a step: re-run the reference net
+                    _f["f"] = model.encode_reference(ref_latent, skeleton, _m, face, hands)
+                return model.denoiser(_f["f"], movement, _tok, clarity)(x, t, use_ref, use_audio)  # type: ignore[arg-type]
+
+            latents = sampler.sample(denoise, (1, num_frames, *ref_latent.shape[1:]), device, generator)
+            motion = latents[:, -num_motion:]
+            out.append(model.decode_latents(latents[0]).float().cpu())
+    model.state.clear()
+    return torch.cat(out).numpy()
+
+
+def _timed(device: torch.device, fn: Callable[[], object]) -> tuple[float, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    return time.perf_counter() - start, peak
+
+
+def run_benchmark(args: argparse.Namespace) -> list[BenchResult]:
+    """Build the network, warm up, time the cases; returns one row per case."""
+    device = torch.device(args.device)
+    tiny = args.size == "tiny"
+    h, w = args.height or (64 if tiny else 640), args.width or (64 if tiny else 384)
+    torch.manual_seed(0)
+    model = CyberHost(CyberHostConfig(size=args.size, stage=2)).eval().requires_grad_(False).to(device)
+    calls = [0]
+    model.reference_net.conv_in.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    ref = synthetic_reference((h, w))
+    frames = args.segments * args.frames
+    audio = np.random.default_rng(0).normal(0, 0.1, round(frames / 25.0 * AUDIO_SAMPLE_RATE)).astype(np.float32)
+    autocast = args.autocast if args.autocast != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    base = dict(steps=args.steps, autocast=autocast, num_frames=args.frames, num_motion=args.motion,
+                decode_chunk=args.decode_chunk)
+
+    def ours(batch_cfg: bool) -> Callable[[], object]:
+        cfg = GenerateConfig(batch_cfg=batch_cfg, **base)  # type: ignore[arg-type]
+        return lambda: generate_video(model, ref, audio, None, config=cfg, progress=False)
+
+    cases: dict[str, Callable[[], object]] = {
+        "eager": lambda: eager_generate(model, ref, audio, GenerateConfig(**base), args.frames, args.motion,  # type: ignore[arg-type]
+                                        args.segments, 25.0),
+        "ours": ours(False),
+        "ours_batched": ours(True),
+    }
+    rows: list[BenchResult] = []
+    for name, fn in cases.items():
+        for _ in range(args.warmup):
+            fn()
+        calls[0] = 0
+        seconds, peak = _timed(device, fn)
+        rows.append(BenchResult(name, seconds, frames, frames / seconds, peak, 0.0, calls[0]))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    eager = rows[0].seconds
+    for row in rows:
+        row.speedup_vs_eager = eager / row.seconds
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of the benchmark."""
+    p = argparse.ArgumentParser(prog="python -m cyberhost.inference.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", choices=("sd15", "tiny"), default="sd15")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--height", type=int, default=0, help="0 = 640 (sd15) / 64 (tiny)")
+    p.add_argument("--width", type=int, default=0, help="0 = 384 (sd15) / 64 (tiny)")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--frames", type=int, default=12, help="frames per segment")
+    p.add_argument("--motion", type=int, default=4, help="motion frames")
+    p.add_argument("--segments", type=int, default=2, help="segments timed per case")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per case first")
+    p.add_argument("--decode-chunk", type=int, default=8)
+    p.add_argument("--autocast", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    p.add_argument("--json", help="also write the rows here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run and print a table (and JSON lines)."""
+    args = build_parser().parse_args(argv)
+    rows = run_benchmark(args)
+    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else args.device
+    print(f"# generation benchmark: {args.size}, {args.height or '-'}x{args.width or '-'}, {args.steps} steps, "
+          f"{args.segments}x{args.frames} frames (+{args.motion} motion), {device}")
+    print("| case | s | frames/s | peak GiB | speed-up vs eager | ref-net calls |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r.case} | {r.seconds:.2f} | {r.frames_per_s:.2f} | {r.peak_mem_gib:.1f} | {r.speedup_vs_eager:.2f}x "
+              f"| {r.reference_net_calls} |")
+    for r in rows:
+        print(json.dumps(asdict(r)))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([asdict(r) for r in rows], f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

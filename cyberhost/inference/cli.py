@@ -1,0 +1,155 @@
+"""``cyberhost generate``: reference image + audio + checkpoint -> mp4 (H.264 + AAC).
+
+Examples::
+
+    cyberhost generate --image me.jpg --audio speech.wav --checkpoint runs/stage2/last.ckpt \\
+        --output out.mp4
+    cyberhost generate --image me.jpg --audio speech.m4a --checkpoint stage2.safetensors \\
+        --config conf/stage2.yaml --set sd15_path=/models/sd15 --set wav2vec2_path=/models/w2v \\
+        --output out.mp4 --frames-dir out_frames
+    cyberhost generate --mode video --driving-video dance.mp4 --image me.jpg \\
+        --checkpoint video.ckpt --output out.mp4
+
+Exit status: 0 on success, 2 when an input cannot be used (the message names it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+import torch
+import yaml
+
+from .errors import GenerateError
+from .pipeline import MODES, GenerateConfig, generate_video
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``cyberhost generate``."""
+    p = argparse.ArgumentParser(prog="cyberhost generate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    io = p.add_argument_group("inputs and outputs")
+    io.add_argument("--image", required=True, help="reference image (one person, upper body visible)")
+    io.add_argument("--audio", help="driving audio, any format PyAV reads (wav, mp3, m4a, the track of an mp4)")
+    io.add_argument("--checkpoint", required=True, action="append",
+                    help="Lightning .ckpt or exported .safetensors of a stage-2 run; repeat to merge files left to right "
+                         "(e.g. a stage-1 export, then a stage-2 export of the weights stage 2 trains)")
+    io.add_argument("--config", action="append", default=[],
+                    help="training YAML (repeatable, composed left to right); default: the checkpoint's saved config")
+    io.add_argument("--output", required=True, help="output .mp4")
+    io.add_argument("--frames-dir", help="also write every frame as PNG here")
+    io.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a network config field, e.g. local pretrained paths: --set sd15_path=/models/sd15")
+    io.add_argument("--trust-checkpoint", action="store_true",
+                    help="allow a .ckpt that pickles arbitrary objects (only for files you made)")
+    io.add_argument("--no-ema", action="store_true", help="load the raw weights even when the checkpoint has EMA ones")
+
+    mode = p.add_argument_group("mode")
+    mode.add_argument("--mode", choices=MODES, default="audio",
+                      help="audio: movement box; video: driving skeletons replace it; multimodal: driving hands + audio")
+    mode.add_argument("--driving-video", help="driving video of the video and multimodal modes")
+    mode.add_argument("--no-align-driving", action="store_true",
+                      help="use the driving keypoints as they are (default: align thorax/shoulders to the reference)")
+
+    d = GenerateConfig()
+    s = p.add_argument_group("sampling")
+    s.add_argument("--steps", type=int, default=d.steps, help="DDIM steps")
+    s.add_argument("--ref-scale", type=float, default=d.ref_scale, help="reference guidance scale (paper 2.5)")
+    s.add_argument("--audio-scale", type=float, default=d.audio_scale, help="audio guidance scale (paper 4.5)")
+    s.add_argument("--eta", type=float, default=d.eta, help="DDIM eta")
+    s.add_argument("--seed", type=int, default=d.seed, help="seed of the initial noise")
+    s.add_argument("--height", type=int, help="output height (multiple of 8); default: nearest training bucket")
+    s.add_argument("--width", type=int, help="output width (multiple of 8)")
+    s.add_argument("--hand-clarity", default="high",
+                   help="hand clarity control: 'high', 'reference' (the reference's own hands) or a number")
+    s.add_argument("--num-frames", type=int, default=0, help="frames per segment (0 = training's clip length)")
+    s.add_argument("--num-motion", type=int, default=0, help="motion frames (0 = training's)")
+    s.add_argument("--max-frames", type=int, help="stop after this many frames")
+    s.add_argument("--batch-cfg", action="store_true", help="run the three CFG branches as one batch")
+
+    r = p.add_argument_group("runtime")
+    r.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
+    r.add_argument("--autocast", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="mixed precision; auto = bf16 on CUDA, fp32 on CPU")
+    r.add_argument("--decode-chunk", type=int, default=d.decode_chunk, help="frames per VAE decode call")
+    r.add_argument("--crf", type=int, default=d.crf, help="x264 quality (lower is better)")
+    r.add_argument("--keypoints", choices=("mediapipe", "rtmlib"), default="mediapipe", help="keypoint backend")
+    r.add_argument("--rtmlib-det", help="rtmlib: local detector ONNX")
+    r.add_argument("--rtmlib-pose", help="rtmlib: local whole-body pose ONNX")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a=1", "b=/x"]`` -> ``{"a": 1, "b": "/x"}`` (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise GenerateError(f"--set expects FIELD=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _backend(args: argparse.Namespace, device: torch.device) -> Any:
+    from cyberhost.data.keypoints import MediaPipeHolistic, make_backend
+
+    if args.keypoints == "rtmlib":
+        return make_backend("rtmlib", det=args.rtmlib_det or "", pose=args.rtmlib_pose or "",
+                            device="cuda" if device.type == "cuda" else "cpu")
+    return MediaPipeHolistic(static_image_mode=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, generate, write the video."""
+    from .loading import load_model
+
+    if args.mode == "audio" and not args.audio:
+        raise GenerateError("--audio is required in audio mode")
+    if args.mode != "audio" and not args.driving_video:
+        raise GenerateError(f"--driving-video is required in {args.mode} mode")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    autocast = args.autocast if args.autocast != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    config = GenerateConfig(
+        mode=args.mode, steps=args.steps, ref_scale=args.ref_scale, audio_scale=args.audio_scale, eta=args.eta,
+        seed=args.seed, height=args.height, width=args.width, hand_clarity=args.hand_clarity,
+        decode_chunk=args.decode_chunk, num_frames=args.num_frames, num_motion=args.num_motion,
+        batch_cfg=args.batch_cfg, align_driving=not args.no_align_driving, max_frames=args.max_frames,
+        autocast=autocast, crf=args.crf,
+    )  # fmt: skip
+    model, settings = load_model(args.checkpoint, args.config, parse_overrides(args.overrides),
+                                 args.trust_checkpoint, prefer_ema=not args.no_ema)
+    model.to(device)
+    backend = _backend(args, device)
+    try:
+        result = generate_video(model, args.image, args.audio, args.output, settings=settings, config=config,
+                                backend=backend, driving=args.driving_video, frames_dir=args.frames_dir,
+                                progress=not args.no_progress)
+    finally:
+        backend.close()
+    print(f"wrote {result.path}: {result.num_frames} frames at {result.fps:g} fps, {result.size[1]}x{result.size[0]}, "
+          f"{result.segments} segment(s) in {result.seconds:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``cyberhost generate`` / ``python -m cyberhost.inference``.
+
+    Returns:
+        0 on success, 2 when an input is unusable (the error names it on stderr).
+    """
+    args = build_parser().parse_args(argv)
+    if (args.height is None) != (args.width is None):
+        print("error: give both --height and --width, or neither", file=sys.stderr)
+        return 2
+    try:
+        return run(args)
+    except GenerateError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,208 @@
+"""Training callbacks: throughput/memory, validation samples (rank 0), safetensors export.
+
+Sampling and visualisation live here, never in ``training_step`` (STYLE.md #5).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from cyberhost.diffusion import GuidedSampler, SamplerConfig
+from cyberhost.training.checkpoints import export_safetensors
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The folder of this run's logs (the logger's version folder), else the trainer's root."""
+    logger = trainer.logger
+    return Path(logger.log_dir if logger is not None and logger.log_dir else trainer.default_root_dir)
+
+
+class ThroughputMonitor(L.Callback):
+    """Logs samples/s, frames/s, the fraction of step time spent waiting for data, and GPU memory.
+
+    Args:
+        log_every_n_steps: logging interval in optimizer steps.
+    """
+
+    def __init__(self, log_every_n_steps: int = 10) -> None:
+        self.every = max(1, log_every_n_steps)
+        self._end: float | None = None
+        self._start = 0.0
+        self._wait = self._busy = 0.0
+        self._samples = self._frames = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._start = time.perf_counter()
+        if self._end is not None:
+            self._wait += self._start - self._end
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if torch.cuda.is_available() and pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        now = time.perf_counter()
+        self._busy += now - self._start
+        b, f = batch["target"].shape[:2]
+        self._samples += b
+        self._frames += b * f
+        if self._end is not None and trainer.global_step % self.every == 0:
+            total = self._wait + self._busy
+            logs = {
+                "perf/samples_per_s": self._samples / total, "perf/frames_per_s": self._frames / total,
+                "perf/data_wait_fraction": self._wait / total, "perf/step_s": total / max(1, self._samples / b),
+            }  # fmt: skip
+            if pl_module.device.type == "cuda":
+                logs["perf/gpu_mem_gib"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
+            pl_module.log_dict(logs, rank_zero_only=True)
+            self._wait = self._busy = 0.0
+            self._samples = self._frames = 0
+        self._end = time.perf_counter()
+
+
+def _grid(rows: list[Tensor]) -> np.ndarray:
+    """Frames ``(F, 3, H, W)`` per column -> ``(F, H, W*cols, 3)`` uint8 video."""
+    frames = max(r.shape[0] for r in rows)
+    cols = [r.expand(frames, -1, -1, -1) if r.shape[0] == 1 else r for r in rows]
+    video = torch.cat(cols, dim=-1)  # (F, 3, H, sum W)
+    return video.permute(0, 2, 3, 1).clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def write_mp4(path: Path, video: np.ndarray, fps: float) -> None:
+    """Write ``(F, H, W, 3)`` uint8 as H.264 mp4 (sides cut to even sizes)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = video.shape[1] // 2 * 2, video.shape[2] // 2 * 2
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=int(round(fps)))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for frame in video:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24")))
+        container.mux(stream.encode())
+
+
+class ValidationSamples(L.Callback):
+    """At validation (every ``every_n_steps``; 0 = every validation): sample the first validation batch and log
+    reference | generated | ground truth.
+
+    The grid goes to TensorBoard (first frame as an image, all frames as a video) and to
+    ``<run dir>/samples/step_<N>.mp4``. Under DDP only rank 0 samples; sharded strategies
+    (FSDP) need every rank in the forward, so all sample and rank 0 writes.
+
+    Args:
+        every_n_steps: sampling interval in optimizer steps, checked at validation time (0 = every validation).
+        max_samples: how many clips of the batch to show.
+        steps: sampler steps (overrides the module's sampler config when > 0).
+        fps: frame rate of the mp4 files.
+    """
+
+    def __init__(self, every_n_steps: int = 0, max_samples: int = 2, steps: int = 0, fps: float = 25.0) -> None:
+        self.every, self.max_samples, self.steps, self.fps = every_n_steps, max_samples, steps, fps
+        self._last = -1
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        step = trainer.global_step
+        due = self.every <= 0 or step % self.every == 0
+        if batch_idx != 0 or trainer.sanity_checking or step == self._last or not due:
+            return
+        sharded = "ModelParallel" in type(trainer.strategy).__name__ or "FSDP" in type(trainer.strategy).__name__
+        if not (trainer.is_global_zero or sharded):
+            return
+        self._last = step
+        video = self.sample(pl_module, {k: v[: self.max_samples] for k, v in batch.items()})
+        if trainer.is_global_zero:
+            self._write(trainer, video, step)
+
+    @torch.no_grad()
+    def sample(self, module: Any, batch: dict[str, Tensor]) -> np.ndarray:
+        """Reference | generated | ground truth for each clip, stacked vertically: ``(F, H*, W*, 3)``."""
+        cfg = module.sampler_config
+        if self.steps > 0:
+            cfg = SamplerConfig(self.steps, cfg.ref_scale, cfg.audio_scale, cfg.eta)
+        latents = module.encode(batch)
+        size = tuple(batch["target"].shape[-2:])
+        cond = module.conditions(batch, latents, size)
+        cond["ref_keep"] = cond["audio_keep"] = None  # always condition when sampling
+        denoise = module.model.denoiser(cond["reference"], cond["movement_map"], cond.get("audio_tokens"),
+                                        cond.get("hand_clarity"))
+        sampler = GuidedSampler(module.schedule.sampling_scheduler(), cfg)
+        gen = torch.Generator().manual_seed(module.seed)
+        x = sampler.sample(denoise, tuple(latents["target"].shape), latents["target"].device, gen)
+        b, f = x.shape[:2]
+        images = module.model.decode_latents(x.flatten(0, 1)).unflatten(0, (b, f))  # (B, F, 3, H, W)
+        out = []
+        for i in range(b):
+            gen_i = ((images[i].float() + 1) * 127.5).round()
+            out.append(_grid([batch["reference"][i][None].float(), gen_i, batch["target"][i].float()]))
+        return np.concatenate(out, axis=1)
+
+    def _write(self, trainer: L.Trainer, video: np.ndarray, step: int) -> None:
+        path = run_dir(trainer) / "samples" / f"step_{step:07d}.mp4"
+        write_mp4(path, video, self.fps)
+        exp = getattr(trainer.logger, "experiment", None)
+        if exp is not None and hasattr(exp, "add_image"):
+            exp.add_image("val/samples", video[0], step, dataformats="HWC")
+            if video.shape[0] > 1 and importlib.util.find_spec("moviepy") is not None:  # TensorBoard videos need it
+                exp.add_video("val/samples_video", torch.from_numpy(video).permute(0, 3, 1, 2)[None], step,
+                              fps=int(self.fps))
+
+
+class SafetensorsExport(L.Callback):
+    """Export the trained network (EMA weights when enabled) as safetensors with the run settings.
+
+    Everything but the frozen pretrained parts (VAE, wav2vec2, ArcFace, which come from their
+    own weight paths) is written, so the file alone hands stage 1 to stage 2 and serves generation.
+
+    Writes ``<run dir>/export/step_<N>.safetensors`` every ``every_n_steps`` (0: only at the end)
+    and ``<run dir>/export/last.safetensors`` when training ends. ``all_weights`` also stores the
+    frozen parts (bigger files, but self-contained).
+
+    Args:
+        every_n_steps: export interval in optimizer steps (0 = at the end only).
+        all_weights: include the frozen pretrained parts too (self-contained, bigger files).
+    """
+
+    def __init__(self, every_n_steps: int = 0, all_weights: bool = False) -> None:
+        self.every, self.all_weights = every_n_steps, all_weights
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.every and trainer.global_step % self.every == 0 and trainer.global_step > 0:
+            self.export(trainer, pl_module, f"step_{trainer.global_step:07d}.safetensors")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.export(trainer, pl_module, "last.safetensors")
+
+    def export(self, trainer: L.Trainer, module: Any, name: str) -> Path | None:
+        """Gather the weights (full state dict under FSDP2) and write them on rank 0."""
+        state = _full_state(module.model)
+        if not trainer.is_global_zero:
+            return None
+        frozen = {f"{prefix}.{k}" for prefix, part in _frozen_parts(module.model) for k in part.state_dict()}
+        out = {k: v for k, v in state.items() if self.all_weights or k not in frozen}
+        if module.ema is not None:
+            out.update({k: v for k, v in module.ema.items() if k in out})
+        return export_safetensors(out, run_dir(trainer) / "export" / name, module.config_tree())
+
+
+def _frozen_parts(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    parts = {id(m) for m in model.frozen_modules()}
+    return [(n, m) for n, m in model.named_modules() if id(m) in parts]
+
+
+def _full_state(model: torch.nn.Module) -> dict[str, Tensor]:
+    """Unsharded state dict (collective under FSDP2: every rank must call it)."""
+    if any(type(p).__name__ == "DTensor" for p in model.parameters()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return model.state_dict()

@@ -1,0 +1,370 @@
+"""The base LightningModule of both CyberHost training stages.
+
+The base owns what the stages share: building the network, explicit trainable/frozen parameter
+groups (printed as a table at start), AdamW with warm-up, optional EMA, the NaN/Inf guard, grad
+norm logging, FSDP2 sharding (``configure_model``) and the one ``model_step(batch) -> (loss, logs)``
+that serves training and validation. A stage fills in :meth:`CyberHostModule.conditions` (what
+its network is fed besides the noisy latents) and :meth:`CyberHostModule.loss_targets`.
+
+Batches come from :mod:`cyberhost.data.datamodule`: images are ``uint8`` and become ``[-1, 1]``
+floats here (on the device); boxes and keypoints are normalised to ``[0, 1]`` with validity flags
+and become pixels (NaN = absent, as :mod:`cyberhost.diffusion.targets` expects) here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.distributed.fsdp import fully_shard
+
+from cyberhost.diffusion import LossConfig, NoiseSchedule, SamplerConfig, ScheduleConfig, cyberhost_losses
+from cyberhost.models import CyberHost, CyberHostConfig, CyberHostOutput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser settings (AdamW).
+
+    Attributes:
+        lr: learning rate (paper: 1e-5).
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        warmup_steps: linear warm-up steps from 0 to ``lr`` (0 = none).
+        ema_decay: decay of an exponential moving average of the trainable weights (None = no EMA).
+        max_bad_steps: stop with an error after this many consecutive non-finite losses (each is skipped).
+    """
+
+    lr: float = 1e-5
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    ema_decay: float | None = None
+    max_bad_steps: int = 5
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.weight_decay < 0 or self.eps <= 0:
+            raise ValueError("lr and eps must be > 0, weight_decay >= 0")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+        if self.warmup_steps < 0 or self.max_bad_steps < 1:
+            raise ValueError("warmup_steps must be >= 0 and max_bad_steps >= 1")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}")
+
+
+@dataclass
+class ParamGroups:
+    """Which parameters train (applied on top of the network's own stage defaults).
+
+    Attributes:
+        trainable: regexes of parameter names to train; empty = the network's defaults.
+        frozen: regexes of parameter names to freeze (wins over ``trainable``).
+    """
+
+    trainable: list[str] | None = None
+    frozen: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        for pattern in [*(self.trainable or []), *(self.frozen or [])]:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"param group pattern {pattern!r} is not a valid regex: {err}") from err
+
+
+def fsdp_units(model: CyberHost) -> list[nn.Module]:
+    """Modules to wrap with ``fully_shard``, innermost first: UNet blocks, UNet stems, then the other parts."""
+    frozen = {id(m) for part in model.frozen_modules() for m in part.modules()}
+    units: list[nn.Module] = []
+    for unet in (model.unet, model.reference_net):
+        units += [b for b in [*unet.down_blocks, unet.mid_block, *unet.up_blocks] if b is not None]
+        units += [m for n, m in unet.named_children() if n in ("conv_in", "time_embedding", "conv_norm_out", "conv_out")
+                  and m is not None and any(True for _ in m.parameters())]
+    for name, child in model.named_children():
+        if name in ("unet", "reference_net") or id(child) in frozen:
+            continue
+        if name == "audio":
+            units.append(child.proj)
+        elif isinstance(child, nn.ModuleDict):
+            units += list(child.values())
+        elif any(True for _ in child.parameters()):
+            units.append(child)
+    return units
+
+
+def _full(t: Tensor) -> Tensor:
+    """A DTensor's full value (a plain tensor is returned as is)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def to_unit(images: Tensor) -> Tensor:
+    """``uint8`` images -> float in ``[-1, 1]`` (floats are passed through)."""
+    return images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images.float()
+
+
+def to_maps(images: Tensor) -> Tensor:
+    """``uint8`` condition maps -> float in ``[0, 1]``."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+
+
+def to_pixels(batch: dict[str, Tensor], size: tuple[int, int]) -> dict[str, Tensor]:
+    """Normalised keypoints/boxes -> pixels, NaN where absent. Returns keypoints, face_box, hand_boxes."""
+    h, w = size
+    scale = torch.tensor([w, h, w, h], device=batch["face_box"].device, dtype=torch.float32)
+    kps = batch["keypoints"].float().clone()
+    kps[..., :2] = kps[..., :2] * scale[:2]
+    nan = torch.tensor(float("nan"), device=scale.device)
+    face = torch.where(batch["face_valid"][..., None], batch["face_box"].float() * scale, nan)
+    hands = torch.where(batch["hand_valid"][..., None], batch["hand_boxes"].float() * scale, nan)
+    return {"keypoints": kps, "face_box": face, "hand_boxes": hands}
+
+
+class CyberHostModule(L.LightningModule):
+    """Shared training logic; use :class:`~cyberhost.training.stages.Stage1Module` or ``Stage2Module``.
+
+    Args:
+        model: network configuration (size, stage, local pretrained weight paths).
+        optim: optimiser, EMA and NaN guard settings.
+        params: explicit trainable/frozen parameter patterns.
+        schedule: noise schedule.
+        loss: loss weights.
+        sampler: sampler of the validation samples (few steps in tiny runs).
+        gradient_checkpointing: recompute activations in the backward pass (less memory).
+        seed: seed of timesteps and noise (per step: ``seed + global_step``, so a resumed run draws the same).
+    """
+
+    stage: int = 1
+
+    def __init__(
+        self,
+        model: CyberHostConfig | None = None,
+        optim: OptimConfig | None = None,
+        params: ParamGroups | None = None,
+        schedule: ScheduleConfig | None = None,
+        loss: LossConfig | None = None,
+        sampler: SamplerConfig | None = None,
+        gradient_checkpointing: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        model = model or CyberHostConfig(stage=self.stage)
+        if model.stage != self.stage:
+            raise ValueError(f"model.stage is {model.stage} but this is the stage-{self.stage} module: set model.stage")
+        self.save_hyperparameters()
+        self.model_config, self.optim = model, optim or OptimConfig()
+        self.params, self.loss_config = params or ParamGroups(), loss or LossConfig()
+        self.schedule_config, self.sampler_config = schedule or ScheduleConfig(), sampler or SamplerConfig()
+        self.schedule = NoiseSchedule(self.schedule_config)
+        self.seed = seed
+        self.model = CyberHost(model)
+        self._apply_param_groups()
+        if gradient_checkpointing:
+            self.model.enable_gradient_checkpointing()
+        self.ema: dict[str, Tensor] | None = None
+        self._bad_steps = 0
+
+    # ---------------------------------------------------------------- parameters
+    def _apply_param_groups(self) -> None:
+        frozen_parts = {id(p) for m in self.model.frozen_modules() for p in m.parameters()}
+        for name, p in self.model.named_parameters():
+            if id(p) in frozen_parts:
+                continue
+            if self.params.trainable:
+                p.requires_grad_(any(re.search(pat, name) for pat in self.params.trainable))
+            if self.params.frozen and any(re.search(pat, name) for pat in self.params.frozen):
+                p.requires_grad_(False)
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise ValueError("no trainable parameters: check model.params.trainable / frozen patterns")
+
+    def param_table(self) -> str:
+        """Trainable/frozen parameter counts per top-level part of the network."""
+        rows: dict[str, list[int]] = {}
+        for name, p in self.model.named_parameters():
+            part = name.split(".")[0]
+            row = rows.setdefault(part, [0, 0])
+            row[0 if p.requires_grad else 1] += p.numel()
+        lines = [f"{'part':<20} {'trainable':>14} {'frozen':>14}"]
+        for part, (t, f) in rows.items():
+            lines.append(f"{part:<20} {t:>14,} {f:>14,}")
+        tt, ff = sum(r[0] for r in rows.values()), sum(r[1] for r in rows.values())
+        lines.append(f"{'total':<20} {tt:>14,} {ff:>14,}")
+        return "\n".join(lines)
+
+    def on_fit_start(self) -> None:
+        """Print the parameter table once."""
+        if self.trainer.is_global_zero:
+            print(f"stage-{self.stage} parameters:\n{self.param_table()}", flush=True)
+
+    def configure_model(self) -> None:
+        """FSDP2 (``ModelParallelStrategy``): ``fully_shard`` every UNet block and every other trainable part.
+
+        Each unit is a module the network calls through its ``forward`` (UNet blocks, encoders,
+        RCA, attention add-ons), so FSDP2's hooks gather its parameters exactly when they are used,
+        including inside ``encode_reference``/``encode_audio``. The frozen pretrained parts (VAE,
+        wav2vec2, ArcFace) stay unsharded; the few parameters owned directly by the root (the text
+        context tokens) stay replicated and their gradients are averaged in
+        :meth:`on_before_optimizer_step`.
+        """
+        mesh = self.device_mesh
+        if mesh is None or getattr(self, "_sharded", False):
+            return
+        if self.optim.ema_decay is not None:
+            raise ValueError("optim.ema_decay is not supported with FSDP2 (ModelParallelStrategy); set it to null")
+        dp = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
+        for unit in fsdp_units(self.model):
+            fully_shard(unit, mesh=dp)
+        self._sharded = True
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over the trainable parameters, linear warm-up then constant."""
+        o = self.optim
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trainable, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        warm = max(1, o.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---------------------------------------------------------------- one step
+    def conditions(self, batch: dict[str, Tensor], latents: dict[str, Tensor], size: tuple[int, int]) -> dict[str, Any]:
+        """Keyword arguments of ``CyberHost.forward`` besides noisy latents and timesteps (stage hook)."""
+        raise NotImplementedError
+
+    def loss_targets(self, batch: dict[str, Tensor], out: CyberHostOutput, size: tuple[int, int]) -> dict[str, Any]:
+        """Keyword arguments of ``cyberhost_losses`` besides pred/target/timesteps (stage hook)."""
+        raise NotImplementedError
+
+    def encode(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """VAE latents of the target (and motion) frames and the reference, under no_grad."""
+        b, f = batch["target"].shape[:2]
+        with torch.no_grad():
+            out = {
+                "target": self.model.encode_images(to_unit(batch["target"].flatten(0, 1))).unflatten(0, (b, f)),
+                "reference": self.model.encode_images(to_unit(batch["reference"])),
+            }
+            if "motion" in batch and batch["motion"].shape[1] > 0:
+                m = batch["motion"].shape[1]
+                out["motion"] = self.model.encode_images(to_unit(batch["motion"].flatten(0, 1))).unflatten(0, (b, m))
+        return out
+
+    def _generator(self, offset: int = 0) -> torch.Generator:
+        rank = self.global_rank if self._trainer is not None else 0
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.global_step * 7919 + rank * 31 + offset)
+
+    def model_step(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """One diffusion training/validation step.
+
+        Args:
+            batch: a batch of the stage's DataModule.
+            generator: CPU generator of timesteps and noise (default: seeded by ``seed`` and the step).
+
+        Returns:
+            The loss and the logged scalars (``loss``, ``loss_diffusion``, ``loss_heatmap``, ``loss_mask``).
+        """
+        gen = generator or self._generator()
+        size = tuple(batch["target"].shape[-2:])
+        latents = self.encode(batch)
+        x0 = latents["target"]
+        t = self.schedule.sample_timesteps(x0.shape[0], x0.device, generator=gen)
+        noise = torch.randn(x0.shape, generator=gen).to(x0)
+        noisy = self.schedule.add_noise(x0, noise, t)
+        out = self.model(noisy, t, **self.conditions(batch, latents, size))
+        terms = cyberhost_losses(out.sample, self.schedule.target(x0, noise, t), t, self.loss_config,
+                                 generator=gen, **self.loss_targets(batch, out, size))
+        return terms["loss"], terms
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        """Step with the NaN/Inf guard: a non-finite loss on any rank skips the step on all ranks."""
+        loss, logs = self.model_step(batch)
+        finite = bool(torch.isfinite(loss).item())
+        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            self._bad_steps += 1
+            self.log("train/skipped_nonfinite", float(self._bad_steps), rank_zero_only=True)
+            log.warning("non-finite loss at step %d (%d in a row): step skipped", self.global_step, self._bad_steps)
+            if self._bad_steps >= self.optim.max_bad_steps:
+                raise FloatingPointError(
+                    f"{self._bad_steps} consecutive non-finite losses (last at step {self.global_step}); lower optim.lr, "
+                    "check the data, or raise optim.max_bad_steps"
+                )
+            return None
+        self._bad_steps = 0
+        b = batch["target"].shape[0]
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=b, sync_dist=False)
+        self.log("train/loss_step", logs["loss"], prog_bar=True, batch_size=b, logger=False)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """The same step with a generator fixed per batch, so validation losses compare across steps."""
+        _, logs = self.model_step(batch, torch.Generator().manual_seed(self.seed + 1000 + batch_idx))
+        b = batch["target"].shape[0]
+        self.log_dict({f"val/{k}": v for k, v in logs.items()}, batch_size=b, sync_dist=True)
+        return logs["loss"]
+
+    # ---------------------------------------------------------------- monitoring, EMA
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Average the gradients of replicated parameters under FSDP2; log the global gradient norm."""
+        if getattr(self, "_sharded", False) and torch.distributed.is_initialized():
+            for p in self.model.parameters():
+                if p.grad is not None and type(p).__name__ != "DTensor":
+                    torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
+        norms = [p.grad.detach().norm(2).float() for p in self.model.parameters() if p.grad is not None]
+        if norms:
+            total = torch.linalg.vector_norm(torch.stack([_full(n) for n in norms]))
+            self.log("train/grad_norm", total, rank_zero_only=True)
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Lightning's clipping, except under FSDP2 where sharded and replicated gradients mix (norm clipping only)."""
+        if not getattr(self, "_sharded", False):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if not gradient_clip_val:
+            return None
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        total = torch.sqrt(sum(_full(g.detach().float().norm(2)) ** 2 for g in grads))
+        coef = torch.clamp(gradient_clip_val / (total + 1e-6), max=1.0)
+        for g in grads:
+            g.mul_(coef)
+        return None
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Update the EMA weights."""
+        if self.optim.ema_decay is None:
+            return
+        named = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        if self.ema is None:
+            self.ema = {n: p.detach().clone() for n, p in named.items()}
+            return
+        d = self.optim.ema_decay
+        with torch.no_grad():
+            for n, p in named.items():
+                self.ema[n].lerp_(p.detach(), 1 - d)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store EMA weights and the guard counter."""
+        if self.ema is not None:
+            checkpoint["ema"] = {k: v.cpu() for k, v in self.ema.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore EMA weights."""
+        if "ema" in checkpoint:
+            self.ema = {k: v.to(self.device) for k, v in checkpoint["ema"].items()}
+
+    def config_tree(self) -> dict[str, Any]:
+        """Plain-dict settings of this run (stored in safetensors exports for generation)."""
+        return {
+            "stage": self.stage, "model": asdict(self.model_config), "schedule": asdict(self.schedule_config),
+            "loss": asdict(self.loss_config), "optim": asdict(self.optim),
+        }  # fmt: skip
+
+
+__all__ = ["CyberHostModule", "OptimConfig", "ParamGroups", "to_maps", "to_pixels", "to_unit"]

@@ -1,0 +1,149 @@
+"""The two training stages of CyberHost (Sec. 4.1) over :class:`~cyberhost.training.module.CyberHostModule`.
+
+* Stage 1 trains on (reference, target) image pairs: Reference Net, Pose Encoders and the UNet's
+  base modules. Loss: Eq. 6's reweighted diffusion term (no RCA exists yet).
+* Stage 2 trains on 12-frame clips with 4 motion frames and audio: temporal layers, audio
+  attention, RCA, identity encoders, clarity embedding and heatmap heads; it starts from the
+  stage-1 weights named by ``stage1_checkpoint``. Loss: all of Eq. 6 plus the RCA mask BCE.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cyberhost.data.schema import HANDS
+from cyberhost.diffusion import (
+    LossConfig,
+    SamplerConfig,
+    ScheduleConfig,
+    box_masks,
+    keypoint_heatmaps,
+    keypoint_region_mask,
+)
+from cyberhost.models import CyberHostConfig, CyberHostOutput
+from cyberhost.training.checkpoints import load_network_weights
+from cyberhost.training.module import CyberHostModule, OptimConfig, ParamGroups, to_maps, to_pixels, to_unit
+
+RANDOM_STAGE1 = "random"
+"""``stage1_checkpoint`` value that starts stage 2 from random stage-1 weights (tests, benchmarks)."""
+
+
+def _latent_size(size: tuple[int, int]) -> tuple[int, int]:
+    return size[0] // 8, size[1] // 8
+
+
+class Stage1Module(CyberHostModule):
+    """Stage 1: image pairs; reference net, pose encoders and the 2D UNet train."""
+
+    stage = 1
+
+    def conditions(self, batch: dict[str, Tensor], latents: dict[str, Tensor], size: tuple[int, int]) -> dict[str, Any]:
+        """Reference features (with the skeleton map) and the movement map of the target frame."""
+        ref = self.model.encode_reference(latents["reference"], to_maps(batch["reference_skeleton"]))
+        f = latents["target"].shape[1]
+        movement = to_maps(batch["movement_map"]).unsqueeze(1).expand(-1, f, -1, -1, -1)  # (B, F, 3, H, W)
+        return {"reference": ref, "movement_map": movement, "ref_keep": ~batch["drop_reference"]}
+
+    def loss_targets(self, batch: dict[str, Tensor], out: CyberHostOutput, size: tuple[int, int]) -> dict[str, Any]:
+        """Face/hand keypoint mask M of Eq. 6 at latent resolution."""
+        px = to_pixels(batch, size)
+        return {"region_mask": keypoint_region_mask(px["keypoints"], size, _latent_size(size))}
+
+
+class Stage2Module(CyberHostModule):
+    """Stage 2: clips with motion frames and audio; starts from stage-1 weights.
+
+    Args:
+        stage1_checkpoint: stage-1 ``last.ckpt`` or exported ``.safetensors`` (required; ``"random"``
+            starts from random weights, for tests and benchmarks only).
+        model: network configuration (``stage: 2``).
+        optim: optimiser settings.
+        params: explicit trainable/frozen parameter patterns.
+        schedule: noise schedule.
+        loss: loss weights.
+        sampler: sampler of validation samples.
+        gradient_checkpointing: recompute activations in backward.
+        seed: seed of timesteps and noise.
+    """
+
+    stage = 2
+
+    def __init__(
+        self,
+        stage1_checkpoint: str,
+        model: CyberHostConfig | None = None,
+        optim: OptimConfig | None = None,
+        params: ParamGroups | None = None,
+        schedule: ScheduleConfig | None = None,
+        loss: LossConfig | None = None,
+        sampler: SamplerConfig | None = None,
+        gradient_checkpointing: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(model or CyberHostConfig(stage=2), optim, params, schedule, loss, sampler,
+                         gradient_checkpointing, seed)
+        self.stage1_checkpoint = stage1_checkpoint
+        if stage1_checkpoint != RANDOM_STAGE1:
+            self.load_stage1(stage1_checkpoint)
+
+    def load_stage1(self, path: str) -> None:
+        """Load stage-1 weights; frozen pretrained parts absent from an export keep their current values.
+
+        Raises:
+            FileNotFoundError: the file is missing (naming ``model.stage1_checkpoint``).
+            ValueError: the file is not a stage-1 checkpoint of this network size (names the keys).
+        """
+        state = load_network_weights(path, "model.init_args.stage1_checkpoint")
+        current = self.model.state_dict()
+        frozen = {n for m in self.model.frozen_modules() for n, _ in _named(self.model, m)}
+        merged = {k: v for k, v in current.items() if k in frozen}
+        merged.update(state)
+        shapes = [k for k, v in merged.items() if k in current and current[k].shape != v.shape]
+        if shapes:
+            raise ValueError(f"stage1_checkpoint {path}: shapes differ for {shapes[:5]} (another model.size?)")
+        try:
+            self.model.load_stage1(merged)
+        except ValueError as err:
+            raise ValueError(f"stage1_checkpoint {path}: {err}") from err
+
+    def conditions(self, batch: dict[str, Tensor], latents: dict[str, Tensor], size: tuple[int, int]) -> dict[str, Any]:
+        """Reference + motion-frame features, identity crops, movement map, audio tokens, hand clarity."""
+        ref = self.model.encode_reference(
+            latents["reference"], to_maps(batch["reference_skeleton"]), latents.get("motion"),
+            to_unit(batch["face_crop"]), to_unit(batch["hand_crops"]),
+        )  # fmt: skip
+        f = latents["target"].shape[1]
+        movement = to_maps(batch["movement_map"]).unsqueeze(1).expand(-1, f, -1, -1, -1)
+        nan = torch.tensor(float("nan"), device=batch["hand_clarity"].device)
+        clarity = torch.where(batch["hand_valid"], batch["hand_clarity"].float(), nan)  # (B, F, 2)
+        return {
+            "reference": ref, "movement_map": movement, "audio_tokens": self.model.encode_audio(batch["audio"], f),
+            "hand_clarity": clarity, "ref_keep": ~batch["drop_reference"], "audio_keep": ~batch["drop_audio"],
+        }  # fmt: skip
+
+    def loss_targets(self, batch: dict[str, Tensor], out: CyberHostOutput, size: tuple[int, int]) -> dict[str, Any]:
+        """Region mask M, hand heatmaps and face/hand box masks at the largest RCA resolution."""
+        px = to_pixels(batch, size)
+        targets: dict[str, Any] = {"region_mask": keypoint_region_mask(px["keypoints"], size, _latent_size(size))}
+        if out.heatmaps:
+            hw = max((h.shape[-2:] for h in out.heatmaps), key=lambda s: s[0] * s[1])
+            targets["heatmaps"] = out.heatmaps
+            targets["heatmap_target"] = keypoint_heatmaps(px["keypoints"][..., HANDS, :], size, tuple(hw))
+        if out.face_masks:
+            hw = max((m.shape[-2:] for m in out.face_masks), key=lambda s: s[0] * s[1])
+            targets["face_masks"] = out.face_masks
+            targets["face_box_mask"] = box_masks(px["face_box"].unsqueeze(-2), size, tuple(hw))
+        if out.hand_masks:
+            hw = max((m.shape[-2:] for m in out.hand_masks), key=lambda s: s[0] * s[1])
+            targets["hand_masks"] = out.hand_masks
+            targets["hand_box_mask"] = box_masks(px["hand_boxes"], size, tuple(hw))
+        return targets
+
+
+def _named(root: torch.nn.Module, part: torch.nn.Module) -> list[tuple[str, Tensor]]:
+    """State-dict entries of ``part`` with names relative to ``root``."""
+    prefix = next(n for n, m in root.named_modules() if m is part)
+    return [(f"{prefix}.{k}", v) for k, v in part.state_dict().items()]

@@ -1,0 +1,113 @@
+"""Video-driven and multimodal modes: the driving keypoints reach the network where the movement map does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cyberhost.data import maps
+from cyberhost.data.schema import HANDS, LEFT_SHOULDER, RIGHT_SHOULDER
+from cyberhost.inference import GenerateConfig, NoPersonError, generate_video
+from cyberhost.inference.conditions import align_to_reference, prepare_reference, source_indices
+from cyberhost.training.synthetic import make_clip
+
+from .conftest import FixedBackend, build_model, settings_for
+
+
+def _capture_movement(model) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+
+    def hook(_module, args):
+        seen.append(args[3].clone())  # forward(noisy, t, reference, movement_map, ...)
+
+    model.register_forward_pre_hook(hook)
+    return seen
+
+
+def _driving(photo, photo_keypoints, frames: int = 10):
+    clip = make_clip("drive-0000", num_frames=frames, size=(96, 80), seed=1)
+    table = {np.ascontiguousarray(f).tobytes(): k for f, k in zip(clip["frames"], clip["keypoints"], strict=True)}
+    return clip, FixedBackend(photo_keypoints, table)
+
+
+def test_video_mode_feeds_the_driving_skeleton(photo, photo_keypoints) -> None:
+    model = build_model()
+    settings = settings_for(model)
+    clip, backend = _driving(photo, photo_keypoints)
+    seen = _capture_movement(model)
+    audio = np.zeros(round(0.4 * 16_000), np.float32)  # 10 frames, one segment
+    generate_video(model, photo, audio, None, settings=settings, config=GenerateConfig(mode="video", steps=1),
+                   backend=backend, driving=(clip["frames"], 25.0), progress=False)
+    movement = seen[0][0]  # (F, 3, H, W) in [-1, 1]
+    assert all(torch.equal(m, seen[0]) for m in seen)  # the same maps at every step and CFG branch
+    images = ((movement + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    ref = prepare_reference(photo, backend, settings.transform, settings.buckets)
+    box = ref.movement_map.permute(1, 2, 0).numpy()
+    assert not np.array_equal(images[0], box)
+    assert len(np.unique(images[0].reshape(-1, 3), axis=0)) > 3  # coloured limbs, not a white box
+    # frames past the driving video hold its last frame
+    assert np.array_equal(images[10], images[9]) and np.array_equal(images[11], images[9])
+    # independent of the crop: crop + alignment is one similarity taking the driving figure's first thorax and
+    # shoulder width onto the reference's, so each map is the driving skeleton under that similarity
+    k0, r = clip["keypoints"][0], ref.keypoints
+    scale = (np.hypot(*(r[LEFT_SHOULDER, :2] - r[RIGHT_SHOULDER, :2]))
+             / np.hypot(*(k0[LEFT_SHOULDER, :2] - k0[RIGHT_SHOULDER, :2])))
+    centre_d, centre_r = (k0[LEFT_SHOULDER, :2] + k0[RIGHT_SHOULDER, :2]) / 2, (r[LEFT_SHOULDER, :2] + r[RIGHT_SHOULDER, :2]) / 2
+    for i in (0, 4, 9):
+        kps = clip["keypoints"][i].copy()
+        kps[:, :2] = (kps[:, :2] - centre_d) * scale + centre_r
+        expected = maps.draw_skeleton(kps, (64, 64), settings.transform.min_confidence)
+        assert (images[i] != expected).any(-1).mean() < 0.01
+    assert not np.array_equal(images[0], images[4])  # the figure moves
+
+
+def test_alignment_puts_driving_thorax_on_reference() -> None:
+    ref = np.zeros((133, 3), np.float32)
+    ref[LEFT_SHOULDER], ref[RIGHT_SHOULDER] = [40, 30, 1], [20, 30, 1]
+    seq = np.zeros((2, 133, 3), np.float32)
+    seq[:, LEFT_SHOULDER], seq[:, RIGHT_SHOULDER] = [[110, 50, 1], [112, 50, 1]], [[100, 50, 1], [102, 50, 1]]
+    out = align_to_reference(seq, ref, 0.3)
+    assert out[0, LEFT_SHOULDER, :2].tolist() == [40, 30] and out[0, RIGHT_SHOULDER, :2].tolist() == [20, 30]
+    assert out[1, LEFT_SHOULDER, 0] == pytest.approx(44)  # a 2-px move at half the scale is 4 px at the reference's
+    assert source_indices(5, 25.0, 50.0, 6).tolist() == [0, 2, 4, 5, 5]
+
+
+def test_multimodal_draws_driving_hands_over_the_box(photo, photo_keypoints) -> None:
+    model = build_model()
+    settings = settings_for(model)
+    clip, backend = _driving(photo, photo_keypoints)
+    seen = _capture_movement(model)
+    generate_video(model, photo, np.zeros(round(0.4 * 16_000), np.float32), None, settings=settings,
+                   config=GenerateConfig(mode="multimodal", steps=1), backend=backend,
+                   driving=(clip["frames"], 25.0), progress=False)
+    images = ((seen[0][0] + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    box = prepare_reference(photo, backend, settings.transform, settings.buckets).movement_map.permute(1, 2, 0).numpy()
+    drawn = images[0] != box
+    assert drawn.any()  # hand bones added
+    white = (box == 255).all(-1)
+    assert (images[0][white & ~drawn.any(-1)] == 255).all()  # the box is kept where no bone is
+    body_only = clip["keypoints"][0].copy()
+    body_only[HANDS, 2] = 0
+    assert maps.draw_skeleton(body_only, (64, 64)).any()  # (the body exists but is not drawn)
+
+
+def test_reference_without_person_is_named(photo) -> None:
+    model = build_model()
+    with pytest.raises(NoPersonError, match=r"reference image <array>"):
+        generate_video(model, photo, np.zeros(1600, np.float32), None, settings=settings_for(model),
+                       config=GenerateConfig(steps=1), backend=FixedBackend(None), progress=False)
+
+
+def test_driving_video_person_missing_is_named(photo, photo_keypoints) -> None:
+    model = build_model()
+    frames = np.full((3, 32, 32, 3), 7, np.uint8)
+
+    class PhotoOnly(FixedBackend):
+        def __call__(self, frame: np.ndarray) -> np.ndarray:
+            return super().__call__(frame) if frame.shape == photo.shape else np.zeros((0, 133, 3), np.float32)
+
+    with pytest.raises(NoPersonError, match="driving video"):
+        generate_video(model, photo, np.zeros(1600, np.float32), None, settings=settings_for(model),
+                       config=GenerateConfig(mode="video", steps=1), backend=PhotoOnly(photo_keypoints),
+                       driving=(frames, 25.0), progress=False)

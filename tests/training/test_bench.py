@@ -1,0 +1,14 @@
+"""CPU smoke test of the training benchmark (real DataModule + LightningModule + Trainer)."""
+
+from __future__ import annotations
+
+from cyberhost.training import bench
+
+
+def test_bench_tiny_cpu() -> None:
+    rows = bench.main(["--size", "tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--workers", "0",
+                       "--clips", "4"])
+    assert [r["stage"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["steps_timed"] == 2 and r["samples_per_s"] > 0 and r["tflop_per_step"] > 0
+        assert 0 <= r["data_wait_fraction"] < 1
