@@ -11,7 +11,7 @@ RUNS ?= runs
 CONFIG ?=
 ARGS ?=
 STAGE1_CONFIG ?= --config conf/stage1.yaml --config conf/debug/tiny.yaml
-STAGE2_CONFIG ?= --config conf/stage2.yaml --config conf/debug/tiny.yaml
+STAGE2_CONFIG ?= --config conf/stage2.yaml --config conf/debug/tiny.yaml --config conf/debug/tiny_stage2.yaml
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-slow test-gpu lint demo samples prepare-data train-stage1 train-stage2 \

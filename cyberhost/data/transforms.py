@@ -328,6 +328,16 @@ def reference_parts(
 # ----------------------------------------------------------------------------- whole samples
 
 
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """``uint8`` images -> float in ``[-1, 1]`` (floats are passed through). Training and generation both use it."""
+    return images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images.float()
+
+
+def to_maps(images: torch.Tensor) -> torch.Tensor:
+    """``uint8`` condition maps (skeleton, movement box) -> float in ``[0, 1]``."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+
+
 def read_meta(sample: dict[str, Any]) -> dict[str, Any]:
     """Scalar metadata of a raw WebDataset sample (cheap: no arrays, no frames)."""
     meta = sample["meta.json"]

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE
+from cyberhost.data.transforms import TransformConfig
 from cyberhost.diffusion import GuidedSampler, NoiseSchedule, SamplerConfig
 from cyberhost.models import CyberHost, CyberHostConfig
 
 from .conditions import ReferenceConditions
-from .pipeline import GenerateConfig, _autocast, _unit, audio_tokens, generate_video
+from .pipeline import GenerateConfig, _autocast, _maps, _unit, audio_tokens, generate_video
 
 
 @dataclass
@@ -72,17 +73,17 @@ def eager_generate(model: CyberHost, ref: ReferenceConditions, audio: np.ndarray
     sampler = GuidedSampler(NoiseSchedule().sampling_scheduler(),
                             SamplerConfig(cfg.steps, cfg.ref_scale, cfg.audio_scale, cfg.eta))
     generator = torch.Generator().manual_seed(cfg.seed)
+    window = TransformConfig(num_frames=num_frames, num_motion=num_motion, fps=fps)
     out = []
     with torch.inference_mode(), _autocast(device, cfg.autocast):
-        tokens = audio_tokens(model, audio, segments * num_frames, fps, device)
         ref_latent = model.encode_images(_unit(ref.image[None], device))
-        skeleton, face = _unit(ref.skeleton[None], device), _unit(ref.face[None], device)
+        skeleton, face = _maps(ref.skeleton[None], device), _unit(ref.face[None], device)
         hands = _unit(ref.hands[None], device)
-        movement = _unit(ref.movement_map[None, None], device).expand(1, num_frames, -1, -1, -1)
+        movement = _maps(ref.movement_map[None, None], device).expand(1, num_frames, -1, -1, -1)
         clarity = torch.full((1, num_frames, 2), 30.0, device=device)
         motion = ref_latent[:, None].expand(1, num_motion, *ref_latent.shape[1:])
         for s in range(segments):
-            seg_tokens = tokens[:, s * num_frames : (s + 1) * num_frames]
+            seg_tokens = audio_tokens(model, audio, s * num_frames, window, device)
             feats: dict[str, object] = {}
 
             def denoise(x: torch.Tensor, t: torch.Tensor, use_ref: bool, use_audio: bool,

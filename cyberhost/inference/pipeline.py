@@ -3,9 +3,9 @@
 One generation is a loop over *segments* of ``num_frames`` frames (training's clip length, 12):
 
 1. once: the reference conditions (crop, skeleton map, face/hand crops, movement map; see
-   :mod:`.conditions`), the VAE latent of the reference, and the audio tokens of the whole
-   track (wav2vec2 once over all of it, then the per-frame projection);
-2. per segment: the reference net runs **once** on the reference latent (plus its skeleton
+   :mod:`.conditions`) and the VAE latent of the reference;
+2. per segment: the audio tokens of the segment's audio window, cut exactly as a training
+   sample's audio is cut (wav2vec2 then sees the context it saw in training); the reference net runs **once** on the reference latent (plus its skeleton
    map) and the ``num_motion`` motion frames (the last 4 generated latents; the reference
    latent repeated for the first segment), giving the spatial and temporal features that every
    sampling step reuses; then DDIM with two-scale CFG (reference 2.5, audio 4.5) through
@@ -18,6 +18,7 @@ zero-padded audio and cut. The audio track of the mp4 is the input audio.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 
 from cyberhost.data.keypoints import KeypointBackend, MediaPipeHolistic
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE
+from cyberhost.data.transforms import TransformConfig, audio_window, to_maps, to_unit
 from cyberhost.diffusion import GuidedSampler, NoiseSchedule, SamplerConfig
 from cyberhost.models import CyberHost, ReferenceFeatures
 
@@ -167,8 +169,13 @@ def load_audio(path: str | Path) -> np.ndarray:
 
 
 def _unit(images: Tensor, device: torch.device) -> Tensor:
-    """uint8 ``(..., 3, H, W)`` -> float ``[-1, 1]`` on ``device`` (as the training module does)."""
-    return images.to(device=device, dtype=torch.float32) / 127.5 - 1.0
+    """uint8 images ``(..., 3, H, W)`` -> float ``[-1, 1]`` on ``device`` (training's :func:`to_unit`)."""
+    return to_unit(images.to(device))
+
+
+def _maps(images: Tensor, device: torch.device) -> Tensor:
+    """uint8 condition maps ``(..., 3, H, W)`` -> float ``[0, 1]`` on ``device`` (training's :func:`to_maps`)."""
+    return to_maps(images.to(device))
 
 
 def _to_uint8(images: Tensor) -> np.ndarray:
@@ -177,12 +184,15 @@ def _to_uint8(images: Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def audio_tokens(model: CyberHost, audio: np.ndarray, num_frames: int, fps: float, device: torch.device) -> Tensor:
-    """Audio tokens ``(1, num_frames, K, D)`` of the whole track at once (zero-padded to the frames)."""
-    samples = round(num_frames / fps * AUDIO_SAMPLE_RATE)
-    wave = np.zeros(samples, np.float32)
-    wave[: min(samples, len(audio))] = audio[:samples]
-    return model.encode_audio(torch.from_numpy(wave)[None].to(device), num_frames)
+def audio_tokens(model: CyberHost, audio: np.ndarray, start: int, transform: TransformConfig,
+                 device: torch.device) -> Tensor:
+    """Audio tokens ``(1, F, K, D)`` of the ``transform.num_frames`` frames from frame ``start``.
+
+    The window is cut exactly as training cuts a sample's audio (:func:`audio_window`, zero
+    samples past the end), so wav2vec2 and the per-frame context see what they saw in training.
+    """
+    wave = audio_window({"audio": audio}, start, transform)
+    return model.encode_audio(wave[None].to(device), transform.num_frames)
 
 
 # ----------------------------------------------------------------------------- denoisers
@@ -296,6 +306,7 @@ def generate_video(
     tcfg = settings.transform
     fps = tcfg.fps
     seg = config.num_frames or tcfg.num_frames
+    seg_transform = dataclasses.replace(tcfg, num_frames=seg)
     num_motion = config.num_motion or tcfg.num_motion
     device = next(model.parameters()).device
     size = None if config.height is None else (config.height, config.width)
@@ -340,15 +351,14 @@ def generate_video(
     bar = tqdm(total=segments * config.steps, desc="generate", unit="step", disable=not progress)
     try:
         with _autocast(device, config.autocast):
-            tokens = audio_tokens(model, wave, segments * seg, fps, device) if wave is not None else None
             ref_image = _unit(ref.image[None], device)  # (1, 3, H, W)
             ref_latent = model.encode_images(ref_image)  # (1, 4, h, w)
-            skeleton = _unit(ref.skeleton[None], device)
-            face = _unit(ref.face[None], device) if ref.face_valid else None
-            hands = _unit(ref.hands[None], device) if bool(ref.hands_valid.any()) else None
+            skeleton = _maps(ref.skeleton[None], device)
+            # absent face/hands are black crops, exactly as in training samples
+            face, hands = _unit(ref.face[None], device), _unit(ref.hands[None], device)
             clarity = torch.from_numpy(resolve_clarity(config.hand_clarity, ref)).to(device)
             clarity = clarity.view(1, 1, 2).expand(1, seg, 2)  # (1, F, 2)
-            box = _unit(ref.movement_map[None, None], device).expand(1, seg, 3, h, w)
+            box = _maps(ref.movement_map[None, None], device).expand(1, seg, 3, h, w)
             motion = ref_latent[:, None].expand(1, num_motion, *ref_latent.shape[1:])  # (1, M, 4, h, w)
             for s in range(segments):
                 lo, n_keep = s * seg, min(seg, total - s * seg)
@@ -356,10 +366,10 @@ def generate_video(
                 feats = model.encode_reference(ref_latent, skeleton, motion if num_motion else None, face, hands)
                 if drive_maps is not None:
                     idx = torch.arange(lo, lo + seg).clamp_max(len(drive_maps) - 1)
-                    movement = _unit(drive_maps[idx][None], device)  # (1, F, 3, H, W)
+                    movement = _maps(drive_maps[idx][None], device)  # (1, F, 3, H, W)
                 else:
                     movement = box
-                seg_tokens = None if tokens is None else tokens[:, lo : lo + seg]
+                seg_tokens = None if wave is None else audio_tokens(model, wave, lo, seg_transform, device)
                 if config.batch_cfg:
                     denoise = batched_cfg_denoiser(model, feats, movement, seg_tokens, clarity)
                 else:

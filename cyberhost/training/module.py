@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributed.fsdp import fully_shard
 
+from cyberhost.data.transforms import to_maps, to_unit
 from cyberhost.diffusion import LossConfig, NoiseSchedule, SamplerConfig, ScheduleConfig, cyberhost_losses
 from cyberhost.models import CyberHost, CyberHostConfig, CyberHostOutput
 
@@ -105,16 +106,6 @@ def fsdp_units(model: CyberHost) -> list[nn.Module]:
 def _full(t: Tensor) -> Tensor:
     """A DTensor's full value (a plain tensor is returned as is)."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
-def to_unit(images: Tensor) -> Tensor:
-    """``uint8`` images -> float in ``[-1, 1]`` (floats are passed through)."""
-    return images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images.float()
-
-
-def to_maps(images: Tensor) -> Tensor:
-    """``uint8`` condition maps -> float in ``[0, 1]``."""
-    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
 
 
 def to_pixels(batch: dict[str, Tensor], size: tuple[int, int]) -> dict[str, Tensor]:

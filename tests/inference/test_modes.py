@@ -39,9 +39,9 @@ def test_video_mode_feeds_the_driving_skeleton(photo, photo_keypoints) -> None:
     audio = np.zeros(round(0.4 * 16_000), np.float32)  # 10 frames, one segment
     generate_video(model, photo, audio, None, settings=settings, config=GenerateConfig(mode="video", steps=1),
                    backend=backend, driving=(clip["frames"], 25.0), progress=False)
-    movement = seen[0][0]  # (F, 3, H, W) in [-1, 1]
+    movement = seen[0][0]  # (F, 3, H, W) in [0, 1], as training feeds it
     assert all(torch.equal(m, seen[0]) for m in seen)  # the same maps at every step and CFG branch
-    images = ((movement + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    images = (movement * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     ref = prepare_reference(photo, backend, settings.transform, settings.buckets)
     box = ref.movement_map.permute(1, 2, 0).numpy()
     assert not np.array_equal(images[0], box)
@@ -81,7 +81,7 @@ def test_multimodal_draws_driving_hands_over_the_box(photo, photo_keypoints) -> 
     generate_video(model, photo, np.zeros(round(0.4 * 16_000), np.float32), None, settings=settings,
                    config=GenerateConfig(mode="multimodal", steps=1), backend=backend,
                    driving=(clip["frames"], 25.0), progress=False)
-    images = ((seen[0][0] + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    images = (seen[0][0] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     box = prepare_reference(photo, backend, settings.transform, settings.buckets).movement_map.permute(1, 2, 0).numpy()
     drawn = images[0] != box
     assert drawn.any()  # hand bones added
