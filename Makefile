@@ -68,8 +68,8 @@ evaluate: setup ## metrics of generated vs ground-truth videos: ARGS="--generate
 bench-prep: setup ## data-prep throughput with 1 and 2 workers (numbers go to BENCHMARKS.md)
 	$(BIN)/python -m data_prep.bench $(ARGS)
 
-bench-gpu: ## GPU benchmarks (run on a CUDA machine; see BENCHMARKS.md)
-	python3 -m cyberhost.bench $(ARGS)
+bench-gpu: ## GPU benchmarks of BENCHMARKS.md (CUDA machine): BENCH_OUT=<dir> [WHAT=train|generate|strategies|all]
+	benchmarks/gpu.sh $(or $(BENCH_OUT),bench-out) $(or $(WHAT),all)
 
 lock: ## re-resolve requirements/constraints.txt in a scratch venv
 	rm -rf /tmp/cyberhost-lock && $(PY) -m venv /tmp/cyberhost-lock

@@ -310,7 +310,8 @@ def generate_video(
     num_motion = config.num_motion or tcfg.num_motion
     device = next(model.parameters()).device
     size = None if config.height is None else (config.height, config.width)
-    backend = backend or MediaPipeHolistic(static_image_mode=True)
+    if backend is None and (config.mode != "audio" or not isinstance(image, ReferenceConditions)):
+        backend = MediaPipeHolistic(static_image_mode=True)  # only built when keypoints are needed
 
     if isinstance(audio, str | Path):
         wave: np.ndarray | None = load_audio(audio)

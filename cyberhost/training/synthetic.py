@@ -126,3 +126,22 @@ def write_shards(
                 writer.write(make_clip(f"syn{i:04d}-0000", num_frames, size, seed=seed + i))
             writer.finish_input({"file": f"synthetic/{shard}.mp4", "status": "ok", "reason": "", "clips": clips_per_shard})
     return directory
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m cyberhost.training.synthetic --output DIR``: write synthetic shards (smoke runs, GPU checks)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m cyberhost.training.synthetic", description=main.__doc__)
+    p.add_argument("--output", required=True, type=Path, help="dataset folder to create")
+    p.add_argument("--clips", type=int, default=16)
+    p.add_argument("--frames", type=int, default=24, help="frames per clip")
+    p.add_argument("--size", type=int, nargs=2, default=(400, 672), metavar=("H", "W"))
+    p.add_argument("--clips-per-shard", type=int, default=4)
+    args = p.parse_args(argv)
+    write_shards(args.output, args.clips, args.frames, tuple(args.size), args.clips_per_shard)
+    print(f"wrote {args.clips} synthetic clips of {args.frames} frames to {args.output}")
+
+
+if __name__ == "__main__":
+    main()
