@@ -17,6 +17,8 @@ if [[ $what == train || $what == all ]]; then
       --output "$out/train.json" 2>&1 | tee "$out/train.log"
   $py -m cyberhost.training.bench --size sd15 --device cuda --steps 20 --warmup 5 --workers 8 \
       --gradient-checkpointing --output "$out/train_ckpt.json" 2>&1 | tee "$out/train_ckpt.log"
+  $py -m cyberhost.training.bench --size sd15 --device cuda --steps 20 --warmup 5 --workers 8 \
+      --channels-last --output "$out/train_channels_last.json" 2>&1 | tee "$out/train_channels_last.log"
   $py -m cyberhost.bench --size sd15 --device cuda --only yard1,yard2 --steps 8 --warmup 3 \
       --json "$out/yardstick.json" 2>&1 | tee "$out/yardstick.log"
 fi
@@ -27,9 +29,9 @@ if [[ $what == generate || $what == all ]]; then
 fi
 
 if [[ $what == strategies || $what == all ]]; then
-  data=$(mktemp -d)/clips
+  data=$(mktemp -d)/clips  # 96 clips: each of the 4 loader workers fills batches of 12
   runs=$(mktemp -d)
-  $py -m cyberhost.training.synthetic --output "$data" --clips 16 --frames 24 --size 400 672
+  $py -m cyberhost.training.synthetic --output "$data" --clips 96 --frames 24 --size 400 672
   # no validation (val_check_interval > max_steps): one checkpoint (last) per run, removed after it
   common=(--config conf/debug/random_init.yaml --data.init_args.train_shards "$data"
           --data.init_args.num_workers 4 --data.init_args.samples_per_epoch 100000 --data.init_args.val_batches 1
@@ -45,7 +47,7 @@ if [[ $what == strategies || $what == all ]]; then
         --trainer.logger.init_args.version "$2" > "$out/fit_stage$1_$2.log" 2>&1 || rc=$?
     grep -v "^\s*$" "$out/fit_stage$1_$2.log" | tail -25
     echo "stage $1 $2: exit $rc in $(( $(date +%s) - start )) s" | tee -a "$out/strategies.txt"
-    du -sh "$runs/stage$1/$2/checkpoints" "$runs/stage$1/$2/export" 2>&1 | tee -a "$out/strategies.txt"
+    du -sh "$runs/stage$1/$2/checkpoints" "$runs/stage$1/$2/export" 2>&1 | tee -a "$out/strategies.txt" || true
     mkdir -p "$out/tb/stage$1_$2" && cp "$runs/stage$1/$2"/events.* "$runs/stage$1/$2/config.yaml" "$out/tb/stage$1_$2/" || true
     rm -rf "$runs/stage$1/$2/checkpoints" "$runs/stage$1/$2/export"
   done

@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-frames", type=int, default=0, help="frames per segment (0 = training's clip length)")
     s.add_argument("--num-motion", type=int, default=0, help="motion frames (0 = training's)")
     s.add_argument("--max-frames", type=int, help="stop after this many frames")
-    s.add_argument("--batch-cfg", action="store_true", help="run the three CFG branches as one batch")
+    s.add_argument("--batch-cfg", action=argparse.BooleanOptionalAction, default=d.batch_cfg,
+                   help="run the three CFG branches as one batch (1.2x faster on an H100, +4 %% memory)")
 
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")

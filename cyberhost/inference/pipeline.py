@@ -72,7 +72,7 @@ class GenerateConfig:
         decode_chunk: frames per VAE decode call (lower = less memory).
         num_frames: frames per segment; 0 = training's clip length.
         num_motion: motion frames; 0 = training's count.
-        batch_cfg: run the three CFG branches as one batch of 3 (fewer, larger kernels).
+        batch_cfg: run the three CFG branches as one batch of 3 (fewer, larger kernels; default).
         align_driving: align driving keypoints to the reference (thorax, shoulder width).
         max_frames: cut the video after this many frames (None = the whole audio).
         autocast: ``"bf16"``, ``"fp16"`` or ``"fp32"`` (no autocast); bf16 only pays on a GPU.
@@ -91,7 +91,7 @@ class GenerateConfig:
     decode_chunk: int = 8
     num_frames: int = 0
     num_motion: int = 0
-    batch_cfg: bool = False
+    batch_cfg: bool = True
     align_driving: bool = True
     max_frames: int | None = None
     autocast: str = "fp32"

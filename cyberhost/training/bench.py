@@ -86,16 +86,16 @@ def count_flops(module: Any, dm: Any, device: torch.device, precision: str) -> f
     return float(counter.get_total_flops())
 
 
-def build(stage: int, size: str, shards: Path, workers: int, gc: bool) -> tuple[Any, Any, int]:
+def build(stage: int, size: str, shards: Path, workers: int, gc: bool, channels_last: bool = False) -> tuple[Any, Any, int]:
     """Module, DataModule and frames per sample of one stage."""
     p = PRESETS[size]
     buckets = BucketConfig(area=p["area"], multiple=p["multiple"], tolerance=0.15)
     tf = TransformConfig(num_frames=p["frames"], num_motion=p["motion"], min_gap=2)
     cfg = CyberHostConfig(size=size, stage=stage)
     if stage == 1:
-        module, dm_cls, batch, frames = Stage1Module(model=cfg, gradient_checkpointing=gc), Stage1DataModule, p["batch1"], 1
+        module, dm_cls, batch, frames = Stage1Module(model=cfg, gradient_checkpointing=gc, channels_last=channels_last), Stage1DataModule, p["batch1"], 1
     else:
-        module = Stage2Module(RANDOM_STAGE1, model=cfg, gradient_checkpointing=gc)
+        module = Stage2Module(RANDOM_STAGE1, model=cfg, gradient_checkpointing=gc, channels_last=channels_last)
         dm_cls, batch, frames = Stage2DataModule, p["batch2"], p["frames"]
     dm = dm_cls(str(shards), batch_size=batch, num_workers=workers, samples_per_epoch=10**6, val_batches=0,
                 buckets=buckets, transform=tf)
@@ -106,7 +106,8 @@ def run_stage(stage: int, args: argparse.Namespace, shards: Path, peak: float) -
     """Fit ``warmup + steps`` steps of one stage and report its throughput."""
     device = torch.device(args.device)
     precision = "bf16-mixed" if device.type == "cuda" else "32-true"
-    module, dm, frames = build(stage, args.size, shards, args.workers, args.gradient_checkpointing)
+    module, dm, frames = build(stage, args.size, shards, args.workers, args.gradient_checkpointing,
+                               args.channels_last)
     flops = count_flops(module, dm, device, precision)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -121,7 +122,7 @@ def run_stage(stage: int, args: argparse.Namespace, shards: Path, peak: float) -
     wait = sum(timer.waits) / max(1e-9, sum(timer.waits) + sum(timer.steps))
     return {
         "stage": stage, "size": args.size, "device": str(device), "batch": batch, "frames_per_sample": frames,
-        "gradient_checkpointing": args.gradient_checkpointing, "step_s": step, "samples_per_s": batch / step,
+        "gradient_checkpointing": args.gradient_checkpointing, "channels_last": args.channels_last, "step_s": step, "samples_per_s": batch / step,
         "frames_per_s": batch * frames / step, "tflop_per_step": flops / 1e12, "mfu": flops / step / peak,
         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "data_wait_fraction": wait, "steps_timed": len(timer.steps),
@@ -137,14 +138,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per stage")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--workers", type=int, default=8, help="DataLoader workers")
-    parser.add_argument("--clips", type=int, default=48, help="synthetic clips written")
+    parser.add_argument("--clips", type=int, default=0,
+                        help="synthetic clips written (0: 2 x workers x stage-1 batch, so every worker fills batches)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last conv weights")
     parser.add_argument("--output", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     peak = measure_peak(torch.device(args.device))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         p = PRESETS[args.size]
+        args.clips = args.clips or 2 * max(1, args.workers) * p["batch1"]
         shards = write_shards(Path(tmp), num_clips=args.clips, num_frames=max(20, p["frames"] + p["motion"] + 4),
                               size=p["frame"], clips_per_shard=max(1, args.clips // max(1, args.workers)))
         for stage in args.stages:

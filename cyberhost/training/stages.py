@@ -67,6 +67,7 @@ class Stage2Module(CyberHostModule):
         sampler: sampler of validation samples.
         gradient_checkpointing: recompute activations in backward.
         seed: seed of timesteps and noise.
+        channels_last: channels-last conv weights (see :class:`CyberHostModule`).
     """
 
     stage = 2
@@ -82,9 +83,10 @@ class Stage2Module(CyberHostModule):
         sampler: SamplerConfig | None = None,
         gradient_checkpointing: bool = False,
         seed: int = 0,
+        channels_last: bool = False,
     ) -> None:
         super().__init__(model or CyberHostConfig(stage=2), optim, params, schedule, loss, sampler,
-                         gradient_checkpointing, seed)
+                         gradient_checkpointing, seed, channels_last)
         self.stage1_checkpoint = stage1_checkpoint
         if stage1_checkpoint != RANDOM_STAGE1:
             self.load_stage1(stage1_checkpoint)

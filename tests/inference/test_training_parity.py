@@ -92,7 +92,7 @@ def test_generation_conditions_match_training(photo: np.ndarray, photo_keypoints
     infer = _Spy(model)
     settings = InferenceSettings(model=model.config, transform=tcfg, buckets=BucketConfig(area=64 * 64, multiple=64))
     generate_video(model, image, _periodic_audio(FRAMES), None, settings=settings,
-                   config=GenerateConfig(steps=1, hand_clarity="reference"), backend=FixedBackend(photo_keypoints),
+                   config=GenerateConfig(steps=1, hand_clarity="reference", batch_cfg=False), backend=FixedBackend(photo_keypoints),
                    progress=False)  # fmt: skip
 
     for name in ("ref_latents", "ref_skeleton", "face", "hand_crops"):
