@@ -1,6 +1,6 @@
 """CyberHost network: pure single-device ``nn.Module`` code (no Lightning, no files, no distributed).
 
-Public API (see ``.notes/INTERFACES.md``): :class:`CyberHostConfig` + ``SIZES`` (size registry),
+Public API: :class:`CyberHostConfig` + ``SIZES`` (size registry),
 :class:`CyberHost` (``encode_reference``, ``encode_audio``, ``forward``, ``encode_images``,
 ``decode_latents``, ``trainable_parameters``, ``enable_gradient_checkpointing``, ``load_stage1``),
 :class:`ReferenceFeatures`, :class:`CyberHostOutput`.

@@ -32,6 +32,10 @@ class InjectionState:
         bank: written by the reference net: layer name -> attn1 input ``(N, L, C)``.
         reference: layer name -> reference tokens ``(B, L, C)`` for spatial self-attention.
         ref_keep: ``(B,)`` bool, False drops the reference for that sample (CFG / dropout).
+        ref_mode: ``"all"``, ``"none"`` or ``"mixed"``: whether ``ref_keep`` keeps every sample,
+            none or some. Decided once per forward by the model, so that the attention layers need
+            no device-to-host read of ``ref_keep`` each (and use the unmasked, fastest SDPA kernel
+            unless the batch really mixes kept and dropped samples).
         motion: layer name -> motion-frame tokens ``(B, M, L, C)`` for temporal attention.
         audio: audio tokens ``(B*F, K, D)`` per frame.
         audio_keep: ``(B,)`` bool, False drops the audio for that sample.
@@ -42,6 +46,7 @@ class InjectionState:
     bank: dict[str, Tensor] = field(default_factory=dict)
     reference: dict[str, Tensor] | None = None
     ref_keep: Tensor | None = None
+    ref_mode: str = "all"
     motion: dict[str, Tensor] | None = None
     audio: Tensor | None = None
     audio_keep: Tensor | None = None
@@ -53,6 +58,16 @@ class InjectionState:
         self.bank = {}
         self.reference = self.motion = self.audio = None
         self.ref_keep = self.audio_keep = None
+        self.ref_mode = "all"
+
+    def set_ref_keep(self, keep: Tensor | None) -> None:
+        """Store ``keep`` and decide :attr:`ref_mode` (one host read per forward, not one per layer)."""
+        self.ref_keep = keep
+        if keep is None:
+            self.ref_mode = "all"
+        else:
+            kept = int(keep.sum())
+            self.ref_mode = "all" if kept == keep.numel() else "none" if kept == 0 else "mixed"
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:
@@ -78,15 +93,18 @@ def sdpa(attn: Attention, query_in: Tensor, kv_in: Tensor, mask: Tensor | None =
     Args:
         attn: a diffusers ``Attention`` (its ``to_q/to_k/to_v/to_out`` are used).
         query_in: ``(N, Lq, C)``.
-        kv_in: ``(N, Lk, Ckv)``.
+        kv_in: ``(N, Lk, Ckv)``, or ``(1, Lk, Ckv)`` for tokens shared by every query row (a
+            codebook): then K/V are projected once and broadcast, not once per row.
         mask: optional bool ``(N, 1, 1, Lk)``, True = attend.
 
     Returns:
         ``(N, Lq, C)`` after the output projection.
     """
-    q = _heads(attn.to_q(query_in), attn.heads)
-    k = _heads(attn.to_k(kv_in), attn.heads)
+    q = _heads(attn.to_q(query_in), attn.heads)  # (N, H, Lq, D)
+    k = _heads(attn.to_k(kv_in), attn.heads)  # (N or 1, H, Lk, D)
     v = _heads(attn.to_v(kv_in), attn.heads)
+    if k.shape[0] != q.shape[0]:
+        k, v = k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1)
     out = _merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))  # (N, Lq, H*D)
     return attn.to_out[1](attn.to_out[0](out.to(q.dtype)))
 
@@ -127,8 +145,7 @@ class ReferenceSelfAttnProcessor:
                  attention_mask: Tensor | None = None, **_: object) -> Tensor:
         _check_plain(attn)
         ref = None if self.state.reference is None else self.state.reference.get(self.name)
-        keep = self.state.ref_keep
-        if ref is None or (keep is not None and not bool(keep.any())):
+        if ref is None or self.state.ref_mode == "none":
             return sdpa(attn, hidden_states, hidden_states)
         n = hidden_states.shape[0]  # B*F
         frames = n // ref.shape[0]
@@ -140,8 +157,8 @@ class ReferenceSelfAttnProcessor:
         k = torch.cat([k_self, k_ref], dim=2)
         v = torch.cat([v_self, v_ref], dim=2)
         mask = None
-        if keep is not None and not bool(keep.all()):
-            keep_f = keep.to(torch.bool).repeat_interleave(frames)  # (BF,)
+        if self.state.ref_mode == "mixed":
+            keep_f = self.state.ref_keep.to(torch.bool).repeat_interleave(frames)  # (BF,)
             mask = torch.ones(n, 1, 1, k.shape[2], dtype=torch.bool, device=q.device)
             mask[:, :, :, k_self.shape[2]:] = keep_f.view(n, 1, 1, 1)
         out = _merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)).to(q.dtype)

@@ -4,7 +4,9 @@ A frozen ``transformers.Wav2Vec2Model`` turns 16 kHz speech into 50 Hz features;
 layers are stacked (all of them by default, as Hallo), resampled to the video frame times, and for
 each frame a window of ``2*context + 1`` frames is projected by an MLP into ``K`` audio tokens that
 the UNet's audio cross-attention layers of that frame attend to. A frame's tokens depend on audio
-features in its window only (the receptive-field test checks this by gradient).
+features in its window only (the receptive-field test checks this by gradient). The window holds
+from the wav2vec2 features on: wav2vec2 itself (its transformer, as in Hallo) sees the whole
+waveform it is given, so at the waveform level every frame can depend on all of that audio.
 """
 
 from __future__ import annotations

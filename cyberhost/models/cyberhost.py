@@ -12,7 +12,13 @@
   to each frame's time embedding.
 
 Every module stage 2 adds starts as a no-op (zero output projections), so at initialisation the
-stage-2 network reproduces the stage-1 network frame by frame (tested).
+stage-2 network reproduces the stage-1 network frame by frame (tested) -- when the temporal
+modules are new. A pretrained AnimateDiff adapter (``motion_adapter_path``) is loaded as trained
+and is not a no-op; everything else stage 2 adds still is.
+
+Motion frames reach the temporal attention of the levels whose blocks have a spatial
+self-attention (the CrossAttn levels of SD-1.5); the plain ``DownBlock2D``/``UpBlock2D`` level
+has none to read from the reference net, so its temporal modules see the clip only.
 """
 
 from __future__ import annotations
@@ -209,7 +215,9 @@ class CyberHost(nn.Module):
         last = ref.up_blocks[-1]
         if hasattr(last, "attentions"):
             block = last.attentions[-1]
-            tail += [block.proj_out, *[getattr(block.transformer_blocks[-1], k) for k in ("norm2", "attn2", "norm3", "ff")]]
+            # attn1's *input* is what the denoiser reads; its own projections feed only the unused tail
+            names = ("attn1", "norm2", "attn2", "norm3", "ff")
+            tail += [block.proj_out, *[getattr(block.transformer_blocks[-1], k) for k in names]]
         for module in tail:
             module.requires_grad_(False)
 
@@ -233,12 +241,15 @@ class CyberHost(nn.Module):
         """Parameters the optimiser should update."""
         return (p for p in self.parameters() if p.requires_grad)
 
-    def enable_gradient_checkpointing(self) -> None:
-        """Activation checkpointing in both UNets (diffusers) and in every RCA."""
-        self.unet.enable_gradient_checkpointing()
-        self.reference_net.enable_gradient_checkpointing()
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Activation checkpointing in both UNets (diffusers) and in every RCA (``False`` turns it off)."""
+        for unet in (self.unet, self.reference_net):
+            if enabled:
+                unet.enable_gradient_checkpointing()
+            else:
+                unet.disable_gradient_checkpointing()
         for rca in [*self.face_rca.values(), *self.hand_rca.values()]:
-            rca.gradient_checkpointing = True
+            rca.gradient_checkpointing = enabled
 
     def load_stage1(self, state_dict: dict[str, Tensor]) -> None:
         """Load a stage-1 state dict into a stage-2 network (keys of shared parts are identical).
@@ -347,7 +358,8 @@ class CyberHost(nn.Module):
         if hand_clarity is not None and self.config.stage == 2:
             emb = emb + self.clarity(hand_clarity).to(emb.dtype)
         state = self.state
-        state.batch, state.ref_keep, state.audio_keep = b, ref_keep, audio_keep
+        state.batch, state.audio_keep = b, audio_keep
+        state.set_ref_keep(ref_keep)
         state.reference = None if reference is None else reference.spatial
         state.motion = None if reference is None else reference.motion
         state.audio = None if audio_tokens is None else audio_tokens.flatten(0, 1)  # (BF, K, D)

@@ -123,14 +123,14 @@ class RegionCodebookAttention(nn.Module):
         n, c, h, w = x.shape
         b = n // num_frames
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (BF, hw, C)
-        c_spa = self.c_spa().to(tokens.dtype).expand(n, -1, -1)  # (BF, n, C)
+        c_spa = self.c_spa().to(tokens.dtype)[None]  # (1, n, C): K/V projected once, shared by all frames
         f_motion = self.spatial(tokens, c_spa)  # (BF, hw, C), Eq. 2
 
         seq = tokens.view(b, num_frames, h * w, c).transpose(1, 2).reshape(b * h * w, num_frames, c)  # (B*hw, F, C)
         pos = sinusoid(torch.arange(num_frames, device=x.device), c).to(seq.dtype)  # (F, C)
         seq = seq + pos
         seq = seq + sdpa(self.temporal_mix, seq, seq)  # (B*hw, F, C)
-        c_temp = self.c_temp().to(seq.dtype).expand(seq.shape[0], -1, -1)  # (B*hw, m, C)
+        c_temp = self.c_temp().to(seq.dtype)[None]  # (1, m, C), shared by every pixel sequence
         f_temp = self.temporal(seq, c_temp)  # (B*hw, F, C), Eq. 3
         f_motion = f_motion + f_temp.view(b, h * w, num_frames, c).transpose(1, 2).reshape(n, h * w, c)
 

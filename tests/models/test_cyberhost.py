@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
@@ -149,3 +150,57 @@ def test_frame_output_ignores_audio_of_other_frames() -> None:
     out = model(x["noisy"], x["t"], ref, x["movement"], tokens, x["clarity"], audio_keep=torch.tensor([False, True]))
     out.sample.sum().backward()
     assert tokens.grad[0].abs().max() == 0 and tokens.grad[1].abs().max() > 0
+
+
+def test_run_unet_matches_diffusers_motion_forward() -> None:
+    """The loop also equals UNetMotionModel.forward, with non-zero (trained-like) temporal modules."""
+    model = build(2)
+    wake_zero_inits(model.unet)
+    model.state.clear()  # no reference, motion frames or audio: every processor computes plain attention
+    b, f = 2, 3
+    x, t = torch.randn(b * f, 4, LATENT, LATENT), torch.tensor([3, 700])
+    ctx = torch.randn(b * f, 1, 32)
+    want = model.unet(x.unflatten(0, (b, f)).transpose(1, 2), t, ctx).sample  # (B, C, F, h, w)
+    got = run_unet(model.unet, x, time_embedding(model.unet, t).repeat_interleave(f, 0), ctx, num_frames=f)
+    torch.testing.assert_close(got, want.transpose(1, 2).flatten(0, 1), rtol=0, atol=1e-5)
+
+
+def test_stage1_optimizer_step_changes_trainable_not_frozen() -> None:
+    model = build(1)
+    wake_zero_inits(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.1)
+    out, _ = run(model, inputs(1))
+    out.sample.square().mean().backward()
+    opt.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert not changed & frozen and any(n.startswith("vae.") for n in frozen)
+    for prefix in ("unet.", "reference_net.", "pose_encoder.", "ref_pose_encoder.", "text_context"):
+        assert any(n.startswith(prefix) for n in changed), prefix
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_every_trainable_parameter_gets_a_gradient(stage: int) -> None:
+    """What DDP needs to run without ``find_unused_parameters``: no trainable weight is left out."""
+    model = build(stage)
+    wake_zero_inits(model)
+    out, _ = run(model, inputs(stage))
+    loss = out.sample.square().mean()
+    for extra in (*out.heatmaps, *out.face_masks, *out.hand_masks):
+        loss = loss + extra.square().mean()
+    loss.backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, unused[:10]
+
+
+def test_keep_all_equals_no_keep_mask() -> None:
+    model = build(2)
+    wake_zero_inits(model)
+    x = inputs(2)
+    a, _ = run(model, x)
+    b, _ = run(model, x, ref_keep=torch.tensor([True, True]))
+    assert model.state.ref_mode == "all"
+    torch.testing.assert_close(a.sample, b.sample, rtol=0, atol=0)
+    run(model, x, ref_keep=torch.tensor([True, False]))
+    assert model.state.ref_mode == "mixed"

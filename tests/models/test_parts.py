@@ -155,3 +155,42 @@ def test_talking_head_mode_has_no_hand_rca() -> None:
     model = build(2, hand_rca_blocks=[])
     out, _ = run(model, inputs(2))
     assert out.hand_masks == [] and out.heatmaps == [] and len(out.face_masks) == 1
+
+
+def test_shared_codebook_projection_equals_per_row_projection() -> None:
+    """Projecting a codebook once and broadcasting it equals diffusers' attention on the expanded rows."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from cyberhost.models.attention import AddedCrossAttention
+
+    torch.manual_seed(0)
+    layer = AddedCrossAttention(32, 32, heads=4)
+    wake_zero_inits(layer)
+    tokens, book = torch.randn(6, 10, 32), torch.randn(1, 8, 32)
+    got = layer(tokens, book)
+    layer.attn.set_processor(AttnProcessor2_0())
+    want = layer.attn(tokens, encoder_hidden_states=book.expand(6, -1, -1))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_pretrained_adapter_mid_and_up_blocks_load_exactly(tmp_path: Path) -> None:
+    paths = _save_tiny_pretrained(tmp_path)
+    model = CyberHost(CyberHostConfig(size="tiny", stage=2, motion_adapter_path=paths["motion_adapter_path"]))
+    adapter = MotionAdapter.from_pretrained(tmp_path / "motion")
+    pairs = [(adapter.mid_block.motion_modules, model.unet.mid_block.motion_modules)]
+    pairs += [(a.motion_modules, u.motion_modules) for a, u in zip(adapter.up_blocks, model.unet.up_blocks, strict=True)]
+    for theirs, ours in pairs:
+        mine = ours.state_dict()
+        for name, tensor in theirs.state_dict().items():
+            assert torch.equal(mine[name], tensor), name
+
+
+def test_missing_vae_and_wav2vec2_are_named(tmp_path: Path) -> None:
+    spec = SIZES["tiny"]
+    UNet2DConditionModel(**spec.unet).save_pretrained(tmp_path / "sd15" / "unet")  # a VAE-less SD folder
+    with pytest.raises(FileNotFoundError, match=r"SD-1.5 VAE.*" + str(tmp_path / "sd15" / "vae")):
+        CyberHost(CyberHostConfig(size="tiny", sd15_path=str(tmp_path / "sd15")))
+    (tmp_path / "w2v").mkdir()
+    (tmp_path / "w2v" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"wav2vec2: no weights in .*w2v"):
+        CyberHost(CyberHostConfig(size="tiny", stage=2, wav2vec2_path=str(tmp_path / "w2v")))
