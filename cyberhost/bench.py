@@ -10,9 +10,15 @@
   identity encoders, clarity; stage-2 trainable set), 640x384.
 
 each also with gradient checkpointing (``*_ckpt``). Reported per case: median step time (CUDA
-events after warm-up), model FLOPs of one step (``torch.utils.flop_counter.FlopCounterMode``),
-MFU against a measured bf16 8192^3 matmul peak, peak memory and parameter counts.
+events after warm-up), model FLOPs of one step (``torch.utils.flop_counter.FlopCounterMode``,
+counted with checkpointing off, so recomputation is not counted as useful work), MFU against a
+measured bf16 8192^3 matmul peak, HFU (the FLOPs the GPU really ran, recomputation included),
+peak memory and parameter counts (per part for the CyberHost cases).
 ``--size tiny --device cpu`` is a smoke test (CPU timings mean nothing).
+
+The step is forward + loss + backward + ``zero_grad``, no optimiser step, for every case alike.
+Per-item rates: ``yard2`` counts its 16 frames; ``stage2`` counts the 12 generated frames, its 4
+motion frames going through the reference net.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class Result:
     params_m: float
     trainable_m: float
     note: str
+    hfu: float = float("nan")
+    params_by_part_m: dict[str, float] | None = None
 
 
 def _sync(device: torch.device) -> None:
@@ -53,21 +61,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_peak(device: torch.device, n: int = 8192, reps: int = 20) -> float:
-    """Measured dense matmul throughput in FLOP/s (bf16 on CUDA; fp32 n=512 on CPU)."""
+def measure_peak(device: torch.device, n: int = 8192, reps: int = 50, trials: int = 3) -> float:
+    """Measured dense matmul throughput in FLOP/s, best of ``trials`` (bf16 on CUDA; fp32 n=512 on CPU)."""
     if device.type != "cuda":
-        n, reps = 512, 3
+        n, reps, trials = 512, 3, 1
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start)
+    best = 0.0
+    for _ in range(trials):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        _sync(device)
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
+    return best
 
 
 def _time_steps(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> list[float]:
@@ -96,6 +107,24 @@ def _count_flops(step: Callable[[], None]) -> float:
     return float(counter.get_total_flops())
 
 
+def _set_checkpointing(module: torch.nn.Module, enabled: bool) -> None:
+    if isinstance(module, CyberHost):
+        module.enable_gradient_checkpointing(enabled)
+    elif enabled:
+        module.enable_gradient_checkpointing()
+    else:
+        module.disable_gradient_checkpointing()
+
+
+def params_by_part(module: torch.nn.Module) -> dict[str, float]:
+    """Millions of parameters of each top-level child (and ``trainable``)."""
+    parts = {name: sum(p.numel() for p in child.parameters()) / 1e6 for name, child in module.named_children()}
+    parts = {k: round(v, 3) for k, v in parts.items() if v}
+    parts["trainable"] = round(sum(p.numel() for p in module.parameters() if p.requires_grad) / 1e6, 3)
+    return parts
+
+
+
 class Shapes:
     """Benchmark sizes (defaults: the paper's; the tiny smoke test shrinks them)."""
 
@@ -120,7 +149,8 @@ def _prepare(module: torch.nn.Module, device: torch.device, channels_last: bool)
     return module
 
 
-def yardstick_steps(case: str, size: str, shp: Shapes, device: torch.device, ckpt: bool, channels_last: bool):
+def yardstick_steps(case: str, size: str, shp: Shapes, device: torch.device, ckpt: bool,
+                    channels_last: bool) -> tuple[Callable[[], None], torch.nn.Module, int, str]:
     """Eager diffusers steps as every peer trains (AttnProcessor2_0 = SDPA, diffusers' default)."""
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
@@ -167,17 +197,14 @@ def yardstick_steps(case: str, size: str, shp: Shapes, device: torch.device, ckp
     return step2, unet, frames, "frame"
 
 
-def cyberhost_steps(case: str, size: str, shp: Shapes, device: torch.device, ckpt: bool, channels_last: bool,
-                    compile_unet: bool):
+def cyberhost_steps(case: str, size: str, shp: Shapes, device: torch.device, ckpt: bool,
+                    channels_last: bool) -> tuple[Callable[[], None], torch.nn.Module, int, str]:
     """CyberHost training steps (forward + losses' backward; no optimiser, like the yardstick)."""
     stage = 1 if case == "stage1" else 2
     model = CyberHost(CyberHostConfig(size=size, stage=stage))
     _prepare(model, device, channels_last).train()
     if ckpt:
         model.enable_gradient_checkpointing()
-    if compile_unet:
-        model.unet.compile()
-        model.reference_net.compile()
     b = shp.batch if stage == 1 else 1
     f = 1 if stage == 1 else shp.frames
     m = 0 if stage == 1 else shp.motion
@@ -212,21 +239,31 @@ def run_case(case: str, args: argparse.Namespace, peak: float, device: torch.dev
     base, ckpt = case.removesuffix("_ckpt"), case.endswith("_ckpt")
     shp = Shapes(args)
     torch.manual_seed(0)
-    if base.startswith("yard"):
-        step, module, items, unit = yardstick_steps(base, args.size, shp, device, ckpt, args.channels_last)
-    else:
-        step, module, items, unit = cyberhost_steps(base, args.size, shp, device, ckpt, args.channels_last, args.compile)
+    with torch.device(device):  # random init straight on the device: building sd15 on the CPU takes long
+        if base.startswith("yard"):
+            step, module, items, unit = yardstick_steps(base, args.size, shp, device, ckpt, args.channels_last)
+        else:
+            step, module, items, unit = cyberhost_steps(base, args.size, shp, device, ckpt, args.channels_last)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = _time_steps(step, device, args.warmup, args.steps)
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    flops = _count_flops(step)
+    hw_flops = _count_flops(step)  # what ran, recomputation included
+    if ckpt:
+        _set_checkpointing(module, False)
+        flops = _count_flops(step)
+        _set_checkpointing(module, True)
+    else:
+        flops = hw_flops
     median = statistics.median(times)
     params = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     note = f"{items} {unit}s/step, {shp.height}x{shp.width}" + (", grad ckpt" if ckpt else "")
+    if base == "yard1":
+        note += ", reference UNet (frozen, no grad) not in params"
+    parts = params_by_part(module) if isinstance(module, CyberHost) else None
     return Result(case, median, items / median, flops / 1e12, flops / median / peak, mem, params / 1e6,
-                  trainable / 1e6, note)
+                  trainable / 1e6, note, hw_flops / median / peak, parts)
 
 
 def _free(device: torch.device) -> None:
@@ -235,8 +272,8 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def main(argv: list[str] | None = None) -> list[Result]:
-    """Command line entry; prints a table and optionally writes JSON."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's arguments (also used by :mod:`cyberhost.training.bench` for its yardstick rows)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="sd15", choices=sorted(SIZES))
     p.add_argument("--device", default="cuda")
@@ -249,17 +286,24 @@ def main(argv: list[str] | None = None) -> list[Result]:
     p.add_argument("--height", type=int, default=0)
     p.add_argument("--width", type=int, default=0)
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for all cases")
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNets of the CyberHost cases")
     p.add_argument("--json", default="", help="write the results here")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     cases = [c for c in args.only.split(",") if c] or list(CASES)
     unknown = set(cases) - set(CASES)
     if unknown:
         p.error(f"unknown cases {sorted(unknown)}; choose from {CASES}")
+    args.cases = cases
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[Result]:
+    """Command line entry; prints a table and optionally writes JSON."""
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    cases = args.cases
     peak = measure_peak(device)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
           f"torch {torch.__version__}, measured peak {peak / 1e12:.1f} TFLOP/s")
@@ -272,8 +316,10 @@ def main(argv: list[str] | None = None) -> list[Result]:
                          f"OOM: {str(err)[:80]}")
         results.append(res)
         print(f"{res.case:12s} {res.time_s:8.4f} s  {res.items_per_s:7.1f}/s  {res.tflop_per_step:8.2f} TFLOP  "
-              f"MFU {100 * res.mfu:5.1f} %  peak {res.peak_mem_gib:6.1f} GiB  params {res.params_m:8.1f} M "
-              f"(trainable {res.trainable_m:.1f} M)  {res.note}", flush=True)
+              f"MFU {100 * res.mfu:5.1f} % (HFU {100 * res.hfu:5.1f} %)  peak {res.peak_mem_gib:6.1f} GiB  "
+              f"params {res.params_m:8.1f} M (trainable {res.trainable_m:.1f} M)  {res.note}", flush=True)
+        if res.params_by_part_m:
+            print(f"{'':12s} params by part (M): {res.params_by_part_m}", flush=True)
         _free(device)
     if args.json:
         with open(args.json, "w") as fh:

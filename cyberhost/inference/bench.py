@@ -118,7 +118,8 @@ def run_benchmark(args: argparse.Namespace) -> list[BenchResult]:
     tiny = args.size == "tiny"
     h, w = args.height or (64 if tiny else 640), args.width or (64 if tiny else 384)
     torch.manual_seed(0)
-    model = CyberHost(CyberHostConfig(size=args.size, stage=2)).eval().requires_grad_(False).to(device)
+    with torch.device(device):  # random init straight on the device (building sd15 on the CPU is slow)
+        model = CyberHost(CyberHostConfig(size=args.size, stage=2)).eval().requires_grad_(False)
     calls = [0]
     model.reference_net.conv_in.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     ref = synthetic_reference((h, w))
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run and print a table (and JSON lines)."""
     args = build_parser().parse_args(argv)
     rows = run_benchmark(args)
-    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else args.device
+    device = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else args.device
     print(f"# generation benchmark: {args.size}, {args.height or '-'}x{args.width or '-'}, {args.steps} steps, "
           f"{args.segments}x{args.frames} frames (+{args.motion} motion), {device}")
     print("| case | s | frames/s | peak GiB | speed-up vs eager | ref-net calls |")

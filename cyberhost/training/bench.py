@@ -2,14 +2,22 @@
 
 ``python -m cyberhost.training.bench`` (GPU, sd15 size, 640x384, random init, bf16-mixed) writes
 synthetic shards to a temp folder, then per stage runs ``Trainer.fit`` with a timing callback and
-reports samples/s, frames/s, model FLOPs per step (``torch.utils.flop_counter``, counted once),
-MFU against a measured bf16 matmul peak, peak memory and the fraction of step time spent waiting
-for data. ``--size tiny --device cpu`` is a smoke test (timings on CPU mean nothing).
+reports samples/s and frames/s (timed wall time, waiting for data included), the median step
+time, model FLOPs per step (``torch.utils.flop_counter``, counted once, with checkpointing off so
+that recomputation is not counted; the frozen encoders' share -- VAE, wav2vec2, ArcFace -- is
+reported beside it), MFU against a measured bf16 matmul peak, peak memory and the fraction of
+wall time spent waiting for data. ``--yardstick`` also times the plain eager diffusers steps
+(:mod:`cyberhost.bench` ``yard1``/``yard2``) in the same process, for a side-by-side table.
+``--size tiny --device cpu`` is a smoke test (timings on CPU mean nothing).
+
+A step here is a whole optimiser step as the Trainer runs it: VAE encoding, conditions, forward,
+losses, backward, gradient clipping and AdamW.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import tempfile
@@ -21,6 +29,7 @@ import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from cyberhost.bench import measure_peak
 from cyberhost.data.buckets import BucketConfig
 from cyberhost.data.datamodule import Stage1DataModule, Stage2DataModule
 from cyberhost.data.transforms import TransformConfig
@@ -59,31 +68,28 @@ class StepTimer(L.Callback):
         self._end = now
 
 
-def measure_peak(device: torch.device) -> float:
-    """Dense matmul FLOP/s (bf16 8192^3 on CUDA, fp32 512^3 on CPU)."""
-    n, reps, dtype = (8192, 20, torch.bfloat16) if device.type == "cuda" else (512, 3, torch.float32)
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t)
+FROZEN_ENCODERS = ("Encoder", "Wav2Vec2Model", "IResNet")
+"""Top-level names FlopCounterMode gives the frozen encoders' calls (VAE encoder, wav2vec2, ArcFace)."""
 
 
-def count_flops(module: Any, dm: Any, device: torch.device, precision: str) -> float:
-    """Model FLOPs of one training step (forward + backward) on one batch."""
+def count_flops(module: Any, dm: Any, device: torch.device, precision: str) -> tuple[float, float]:
+    """(all, frozen-encoder) FLOPs of one training step (forward + backward) on one batch.
+
+    Counted with gradient checkpointing off: recomputation is not useful work (it shows as a lower MFU).
+    """
     batch = {k: v.to(device) for k, v in next(iter(dm.train_dataloader())).items()}
     module.to(device).train()
+    ckpt = bool(module.hparams.gradient_checkpointing)
+    module.model.enable_gradient_checkpointing(False)
     ctx = torch.autocast(device.type, torch.bfloat16) if precision.startswith("bf16") else torch.autocast(device.type, enabled=False)
     with FlopCounterMode(display=False) as counter, ctx:
         loss, _ = module.model_step(batch)
         loss.backward()
     module.zero_grad(set_to_none=True)
-    return float(counter.get_total_flops())
+    module.model.enable_gradient_checkpointing(ckpt)
+    counts = counter.get_flop_counts()
+    frozen = sum(sum(counts.get(name, {}).values()) for name in FROZEN_ENCODERS)
+    return float(counter.get_total_flops()), float(frozen)
 
 
 def build(stage: int, size: str, shards: Path, workers: int, gc: bool, channels_last: bool = False) -> tuple[Any, Any, int]:
@@ -108,7 +114,7 @@ def run_stage(stage: int, args: argparse.Namespace, shards: Path, peak: float) -
     precision = "bf16-mixed" if device.type == "cuda" else "32-true"
     module, dm, frames = build(stage, args.size, shards, args.workers, args.gradient_checkpointing,
                                args.channels_last)
-    flops = count_flops(module, dm, device, precision)
+    flops, frozen_flops = count_flops(module, dm, device, precision)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timer = StepTimer(args.warmup)
@@ -119,14 +125,31 @@ def run_stage(stage: int, args: argparse.Namespace, shards: Path, peak: float) -
     trainer.fit(module, datamodule=dm)
     step = statistics.median(timer.steps)
     batch = dm.batch_size
-    wait = sum(timer.waits) / max(1e-9, sum(timer.waits) + sum(timer.steps))
-    return {
-        "stage": stage, "size": args.size, "device": str(device), "batch": batch, "frames_per_sample": frames,
-        "gradient_checkpointing": args.gradient_checkpointing, "channels_last": args.channels_last, "step_s": step, "samples_per_s": batch / step,
-        "frames_per_s": batch * frames / step, "tflop_per_step": flops / 1e12, "mfu": flops / step / peak,
+    timed = min(len(timer.steps), len(timer.waits))  # step i waited waits[i] for its batch
+    wall = sum(timer.steps[:timed]) + sum(timer.waits[:timed])
+    per_step = wall / max(1, timed)
+    row = {
+        "stage": stage, "size": args.size, "device": str(device), "device_name": _device_name(device),
+        "batch": batch, "frames_per_sample": frames, "gradient_checkpointing": args.gradient_checkpointing,
+        "channels_last": args.channels_last, "step_s": step, "wall_s_per_step": per_step,
+        "samples_per_s": batch / per_step, "frames_per_s": batch * frames / per_step,
+        "tflop_per_step": flops / 1e12, "frozen_encoder_tflop": frozen_flops / 1e12,
+        "mfu": flops / per_step / peak, "mfu_trained_network": (flops - frozen_flops) / per_step / peak,
         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-        "data_wait_fraction": wait, "steps_timed": len(timer.steps),
+        "data_wait_fraction": sum(timer.waits[:timed]) / max(1e-9, wall), "steps_timed": len(timer.steps),
     }  # fmt: skip
+    del trainer, module, dm
+    return row
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -142,10 +165,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="synthetic clips written (0: 2 x workers x stage-1 batch, so every worker fills batches)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--channels-last", action="store_true", help="channels-last conv weights")
+    parser.add_argument("--yardstick", action="store_true",
+                        help="also time the eager diffusers yardstick (cyberhost.bench yard1, yard2) in this run")
     parser.add_argument("--output", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
-    peak = measure_peak(torch.device(args.device))
-    rows = []
+    device = torch.device(args.device)
+    peak = measure_peak(device)
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         p = PRESETS[args.size]
         args.clips = args.clips or 2 * max(1, args.workers) * p["batch1"]
@@ -156,8 +182,32 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             row["peak_tflops"] = peak / 1e12
             print(json.dumps(row), flush=True)
             rows.append(row)
+            _free(device)  # stage 1's weights and optimiser state must not count in stage 2's peak
+    if args.yardstick:
+        rows += yardstick_rows(args, peak)
     if args.output:
         args.output.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def yardstick_rows(args: argparse.Namespace, peak: float) -> list[dict[str, Any]]:
+    """The eager diffusers steps of DESIGN.md's table, with this run's checkpointing setting."""
+    from cyberhost import bench as model_bench
+
+    device = torch.device(args.device)
+    p = PRESETS[args.size]
+    h, w = (640, 384) if args.size == "sd15" else (64, 64)
+    bench_args = model_bench.parse_args(["--size", args.size, "--device", args.device, "--steps", str(args.steps),
+                                         "--warmup", str(args.warmup), "--batch", str(p["batch1"]),
+                                         "--height", str(h), "--width", str(w)])
+    rows = []
+    for case in ("yard1", "yard2"):
+        res = model_bench.run_case(case + ("_ckpt" if args.gradient_checkpointing else ""), bench_args, peak, device)
+        row = {"yardstick": res.case, "step_s": res.time_s, "items_per_s": res.items_per_s, "mfu": res.mfu,
+               "tflop_per_step": res.tflop_per_step, "peak_mem_gib": res.peak_mem_gib, "note": res.note}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        _free(device)
     return rows
 
 
