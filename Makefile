@@ -68,8 +68,8 @@ evaluate: setup ## metrics of generated vs ground-truth videos: ARGS="--generate
 bench-prep: setup ## data-prep throughput with 1 and 2 workers (numbers go to BENCHMARKS.md)
 	$(BIN)/python -m data_prep.bench $(ARGS)
 
-bench-gpu: ## GPU benchmarks of BENCHMARKS.md (CUDA machine): BENCH_OUT=<dir> [WHAT=train|generate|strategies|all]
-	benchmarks/gpu.sh $(or $(BENCH_OUT),bench-out) $(or $(WHAT),all)
+bench-gpu: ## GPU tests + benchmarks of BENCHMARKS.md (CUDA machine): BENCH_OUT=<dir> [WHAT="tests model train generate strategies"]
+	benchmarks/gpu.sh $(or $(BENCH_OUT),bench-out) $(WHAT)
 
 lock: ## re-resolve requirements/constraints.txt in a scratch venv
 	rm -rf /tmp/cyberhost-lock && $(PY) -m venv /tmp/cyberhost-lock
