@@ -33,19 +33,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the preparation; returns the exit code (0 when any input gave clips)."""
+    """Run the preparation; returns the exit code.
+
+    0 when an input of this part gave clips (now or in an earlier run), and when this part has no
+    input at all (``--num-shards`` larger than the number of inputs). Raises :class:`PrepError`
+    (exit 1, one message) when the input folder is missing or has no video, the config is bad, a
+    worker cannot start its keypoint backend, or no input of this part gave a clip.
+    """
     args = parse_args(argv)
     try:
         cfg = PrepConfig.from_yaml(args.config)
     except (OSError, ValueError, TypeError) as err:
         raise PrepError(f"config {args.config}: {err}") from err
     shard_index, num_shards = partition_from_env(args.num_shards, args.shard_index)
-    mine = partition(find_inputs(args.input, cfg.extensions), shard_index, num_shards)
+    inputs = find_inputs(args.input, cfg.extensions)
+    mine = partition(inputs, shard_index, num_shards)
+    part = f"part {shard_index}/{num_shards}"
     shard_dir = args.output / "shards"
+    if not mine:  # more parts than inputs: an idle SLURM array task is not a failure
+        print(f"data_prep: {part}: none of the {len(inputs)} inputs falls in this part; nothing to do", file=sys.stderr)
+        return 0
     remove_uncommitted(shard_dir, shard_index)
     done = finished_inputs(shard_dir)
     todo = [rel for rel in mine if rel not in done]
-    print(f"data_prep: part {shard_index}/{num_shards}: {len(mine)} inputs, {len(mine) - len(todo)} already done, {len(todo)} to do", file=sys.stderr)
+    print(f"data_prep: {part}: {len(mine)} inputs, {len(mine) - len(todo)} already done, {len(todo)} to do", file=sys.stderr)
     result = run_pool(todo, args.input, shard_dir, cfg, args.workers, shard_index, not args.no_progress) if todo else None
     if result and result.errors:
         raise PrepError(result.errors[0])
@@ -54,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data_prep: {manifest['clips']} clips from {manifest['ok']} of {manifest['inputs']} inputs ({manifest['skipped']} skipped) -> {args.output}/manifest.json, report {args.output}/report.json", file=sys.stderr)
     if lost:
         print(f"data_prep: {lost} input(s) unfinished (a worker died); rerun to retry them", file=sys.stderr)
-    if not any(e["status"] == "ok" for e in report["files"] if e["file"] in set(mine)):
-        raise PrepError(f"no input gave a clip; reasons are in {args.output}/report.json")
+    mine_set = set(mine)
+    if not any(e["status"] == "ok" for e in report["files"] if e["file"] in mine_set):  # only this part's inputs count
+        raise PrepError(f"no input of {part} gave a clip ({len(mine)} inputs, {lost} unfinished); reasons are in {args.output}/report.json")
     return 0
 
 

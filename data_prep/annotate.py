@@ -29,7 +29,12 @@ class AnnotatedFrame:
 
 
 class StepTimer:
-    """Seconds spent per pipeline step (``decode``, ``keypoints``, ``regions``, ``write``)."""
+    """Seconds spent per pipeline step.
+
+    Steps: ``decode`` (video demux, decode, resize; audio decode and resample), ``keypoints``
+    (the backend), ``clarity`` (hand crop Laplacians), ``regions`` (boxes, thorax, audio cut,
+    filters), ``write`` (encode + tar write).
+    """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
@@ -73,13 +78,14 @@ def annotate_frames(
         yield k, AnnotatedFrame(image, person, ratio)
 
 
-def clip_regions(images: np.ndarray, keypoints: np.ndarray, params: regions.RegionParams) -> dict[str, np.ndarray]:
+def clip_regions(images: np.ndarray, keypoints: np.ndarray, params: regions.RegionParams, timer: StepTimer | None = None) -> dict[str, np.ndarray]:
     """The region arrays of one clip.
 
     Args:
         images: ``(F, H, W, 3)`` uint8.
         keypoints: ``(F, 133, 3)``.
         params: box thresholds and margins.
+        timer: receives the ``clarity`` time (the hand crops' Laplacian), if given.
 
     Returns:
         ``face_box``, ``hand_boxes``, ``hand_clarity``, ``thorax`` and ``movement_range`` arrays.
@@ -87,10 +93,14 @@ def clip_regions(images: np.ndarray, keypoints: np.ndarray, params: regions.Regi
     size = (images.shape[2], images.shape[1])
     hands = regions.hand_boxes(keypoints, size, params)
     trajectory = regions.thorax(keypoints, params.min_confidence)
+    t = time.perf_counter()
+    clarity = regions.hand_clarity(images, hands)
+    if timer is not None:
+        timer.add("clarity", time.perf_counter() - t)
     return {
         "face_box": regions.face_boxes(keypoints, size, params),
         "hand_boxes": hands,
-        "hand_clarity": regions.hand_clarity(images, hands),
+        "hand_clarity": clarity,
         "thorax": trajectory,
         "movement_range": regions.movement_range(trajectory),
     }

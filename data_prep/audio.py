@@ -5,9 +5,13 @@ Alignment rule: sample ``n`` of the returned signal plays at source time
 video frame (:attr:`data_prep.video.FrameReader.start_time`). Audio that starts later than the
 video is padded with leading silence, audio that starts earlier is trimmed, so frame ``k`` of a
 clip and audio samples ``[k * 16000 / fps, (k + 1) * 16000 / fps)`` describe the same instant.
-Measured on H.264 + AAC files written by PyAV (``tests/data_prep/test_audio.py``): a click placed
-at a flash frame lands within one audio frame (< 1 ms at 25 fps + 16 kHz) of that frame, because
-FFmpeg's mp4 demuxer drops the AAC encoder priming samples via the edit list.
+
+Measured in ``tests/data_prep/test_audio.py`` on H.264 + AAC files written by PyAV, with a click
+placed at a flash frame's time: the click lands 0.06 ms from the flash when audio and video
+start together (mp4 at 44.1/16 kHz, mkv at 48 kHz) and when the audio starts 0.3 s early
+(trimmed) or late (padded, mkv); 0.75 ms when the audio of an mp4 starts 0.3 s late (the mp4
+edit list's rounding). All are below one video frame (40 ms) and below 1 ms. FFmpeg's mp4
+demuxer drops the AAC encoder priming samples via the edit list, so they cause no offset.
 """
 
 from __future__ import annotations

@@ -68,7 +68,8 @@ class FilterConfig:
         min_face_fraction: a face box must exist in at least this fraction of frames.
         min_face_size: median face box side, pixels of the stored frames.
         max_second_person_ratio: drop clips where a second person is at least this large relative
-            to the main one in more than 10 % of frames (only backends that see several persons).
+            to the main one in more than 10 % of frames. Needs a multi-person backend (rtmlib);
+            MediaPipe holistic reports one person, so with it this check never fires.
         require_audio: skip videos without an audio track (the model is audio-driven).
     """
 
@@ -100,7 +101,8 @@ class PrepConfig:
         frame_encoding: ``jpg`` (one JPEG per frame) or ``mp4`` (one H.264 segment per clip).
         quality: JPEG quality (mp4: CRF = 51 * (100 - quality) / 100).
         max_shard_mb: start a new shard after this many MB (shards only roll between videos).
-        extensions: file endings treated as videos; other files are ignored.
+        extensions: file endings treated as videos (case-insensitive); inputs are matched by
+            extension only, other files are ignored.
         keypoints: keypoint backend.
         regions: face/hand box thresholds and margins.
         filters: quality filters.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,13 +46,11 @@ def probe(path: Path, cfg: PrepConfig) -> ProbeInfo:
         The probe result.
 
     Raises:
-        SkipInput: empty, unreadable, not media, no video stream, no audio (when required), or too
-            many pixels.
+        SkipInput: not a regular file (dangling link, directory, FIFO, device), empty, unreadable,
+            not media, no streams (damaged header), no video stream, no audio (when required), or
+            too many pixels.
     """
-    try:
-        size = path.stat().st_size
-    except OSError as err:
-        raise SkipInput(f"unreadable: {err.strerror or err}") from err
+    size = _regular_file_size(path)
     if size == 0:
         raise SkipInput("empty file (0 bytes)")
     if not os.access(path, os.R_OK):
@@ -63,8 +62,10 @@ def probe(path: Path, cfg: PrepConfig) -> ProbeInfo:
     except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as err:
         raise SkipInput(f"not a readable media file ({type(err).__name__}: {getattr(err, 'strerror', None) or err})") from err
     with container:
+        if not container.streams:
+            raise SkipInput("no media streams found (damaged or missing container header)")
         if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+            kinds = sorted({s.type for s in container.streams})
             raise SkipInput(f"no video stream (has: {', '.join(kinds)})")
         stream = container.streams.video[0]
         ctx = stream.codec_context
@@ -78,3 +79,24 @@ def probe(path: Path, cfg: PrepConfig) -> ProbeInfo:
     if cfg.filters.require_audio and not info.has_audio:
         raise SkipInput("no audio track (filters.require_audio is true)")
     return info
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _regular_file_size(path: Path) -> int:
+    """Size of ``path``, refusing anything that is not a regular file before it is opened.
+
+    Opening a FIFO for reading would block until a writer appears, and a directory or device
+    named ``*.mp4`` is not a video: both get a precise reason instead of a hang or a decoder error.
+    """
+    try:
+        st = path.stat()
+    except OSError as err:
+        if path.is_symlink():
+            raise SkipInput(f"unreadable: dangling symbolic link (target {os.readlink(path)!r} does not exist)") from err
+        raise SkipInput(f"unreadable: {err.strerror or err}") from err
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        raise SkipInput(f"unreadable: not a regular file ({kind})")
+    return st.st_size

@@ -28,7 +28,12 @@ class PrepError(SystemExit):
 
 
 def find_inputs(input_dir: Path, extensions: tuple[str, ...]) -> list[str]:
-    """Video files under ``input_dir`` (recursively, hidden paths excluded), relative and sorted.
+    """Paths under ``input_dir`` whose extension is a video extension, relative and sorted.
+
+    Inputs are matched by file extension only (case-insensitive; ``PrepConfig.extensions``),
+    recursively, hidden paths excluded. Every match is an input, whatever it is: a broken link,
+    a FIFO or a directory named ``x.mp4`` gets a ``skipped`` report entry saying so, rather than
+    vanishing from the report.
 
     Raises:
         PrepError: the folder is missing or holds no video file.
@@ -40,8 +45,7 @@ def find_inputs(input_dir: Path, extensions: tuple[str, ...]) -> list[str]:
         rel = path.relative_to(input_dir)
         if any(part.startswith(".") for part in rel.parts) or path.suffix.lower() not in extensions:
             continue
-        if path.is_file() or path.is_symlink():  # broken links get a report entry too
-            found.append(rel.as_posix())
+        found.append(rel.as_posix())
     if not found:
         raise PrepError(f"no video files ({', '.join(extensions)}) under {input_dir}")
     return sorted(found)
@@ -139,7 +143,7 @@ def run_pool(todo: list[str], input_dir: Path, shard_dir: Path, cfg: PrepConfig,
                 continue
             timings += _handle(kind, payload, result, bar)
             elapsed = time.perf_counter() - start
-            bar.set_postfix(clips=sum(e["clips"] for e in result.entries), fps=f"{result.frames / max(elapsed, 1e-9):.1f}")
+            bar.set_postfix({"clips": sum(e["clips"] for e in result.entries), "frames/s": f"{result.frames / max(elapsed, 1e-9):.1f}"})
     for p in procs:
         p.join(timeout=30)
     result.wall = time.perf_counter() - start

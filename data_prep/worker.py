@@ -23,7 +23,7 @@ from cyberhost.data.shards import ClipShardWriter
 from data_prep.annotate import AnnotatedFrame, StepTimer, annotate_frames, clip_regions
 from data_prep.audio import clip_audio, load_audio
 from data_prep.config import PrepConfig
-from data_prep.filters import clip_problem
+from data_prep.filters import audio_problem, clip_problem
 from data_prep.probe import SkipInput, probe
 from data_prep.segment import needed, windows
 from data_prep.video import FrameReader
@@ -37,8 +37,10 @@ def source_id(rel: str) -> str:
     return f"{stem}_{hashlib.sha1(rel.encode()).hexdigest()[:8]}"
 
 
-def build_clip(key: str, start: int, items: list[AnnotatedFrame], audio: np.ndarray, reader: FrameReader, rel: str, cfg: PrepConfig, backend: str) -> dict[str, Any]:
-    """Assemble the schema dict of one clip."""
+def build_clip(
+    key: str, start: int, items: list[AnnotatedFrame], audio: np.ndarray, reader: FrameReader, rel: str, cfg: PrepConfig, backend: str, timer: StepTimer | None = None
+) -> dict[str, Any]:
+    """Assemble the schema dict of one clip (``timer`` receives the ``clarity`` time)."""
     images = np.stack([it.image for it in items])
     keypoints = np.stack([it.keypoints for it in items]).astype(np.float32)
     t0 = (reader.start_time or 0.0) + start / cfg.fps
@@ -47,7 +49,7 @@ def build_clip(key: str, start: int, items: list[AnnotatedFrame], audio: np.ndar
         "frames": images,
         "audio": clip_audio(audio, start, len(items), cfg.fps),
         "keypoints": keypoints,
-        **clip_regions(images, keypoints, cfg.regions),
+        **clip_regions(images, keypoints, cfg.regions, timer),
         "fps": float(cfg.fps),
         "source": rel,
         "start": round(t0, 6),
@@ -87,12 +89,16 @@ def process_input(path: Path, rel: str, cfg: PrepConfig, backend: KeypointBacken
     sid, audio, kept, frames, rejected = source_id(rel), None, 0, 0, Counter()
     stream = annotate_frames(_decode(reader, cfg, timer, progress), backend, cfg.regions.min_confidence, timer)
     for index, (start, items) in enumerate(windows(stream, cfg.clip_frames, cfg.clip_stride, cfg.min_clip_frames)):
-        if audio is None:
+        if audio is None:  # after the first clip's frames, so the video's start time is known
+            t = time.perf_counter()
             audio, audio_error = load_audio(path, reader.start_time or 0.0)
-        t = time.perf_counter()
-        clip = build_clip(f"{sid}-{index:04d}", start, items, audio, reader, rel, cfg, backend.name)
-        timer.add("regions", time.perf_counter() - t)
-        problem = clip_problem(clip["keypoints"], clip["face_box"], np.array([it.second_ratio for it in items]), cfg.regions.min_confidence, cfg.filters)
+            timer.add("decode", time.perf_counter() - t)
+        t, clarity = time.perf_counter(), timer.seconds["clarity"]
+        clip = build_clip(f"{sid}-{index:04d}", start, items, audio, reader, rel, cfg, backend.name, timer)
+        problem = audio_problem(len(audio), info.has_audio, start, len(items), cfg.fps) or clip_problem(
+            clip["keypoints"], clip["face_box"], np.array([it.second_ratio for it in items]), cfg.regions.min_confidence, cfg.filters
+        )
+        timer.add("regions", time.perf_counter() - t - (timer.seconds["clarity"] - clarity))
         if problem:
             rejected[problem] += 1
             continue

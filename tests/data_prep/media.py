@@ -37,12 +37,15 @@ def write_video(
     pts: list[int] | None = None,
     rotation: int | None = None,
     codec: str = "libx264",
+    audio_start: float = 0.0,
 ) -> Path:
     """Encode ``frames`` (RGB uint8) and/or mono ``audio`` into ``path`` (container from the suffix).
 
     Args:
         pts: per-frame timestamps in units of 1/1000 s (variable frame rate), default ``k / fps``.
         rotation: display-matrix rotation in degrees (as phones write it).
+        audio_start: presentation time (s) of the first audio sample; with ``pts`` starting above 0
+            this writes audio that starts before the video.
     """
     fmt = {".mkv": "matroska", ".mp4": "mp4", ".mov": "mov"}[path.suffix]
     with av.open(str(path), "w", format=fmt) as c:
@@ -58,7 +61,7 @@ def write_video(
                 v.set_display_rotation(rotation)
         if a is not None:
             frame = av.AudioFrame.from_ndarray(audio[None].astype(np.float32), format="flt", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = audio_rate, 0, Fraction(1, audio_rate)
+            frame.sample_rate, frame.pts, frame.time_base = audio_rate, round(audio_start * audio_rate), Fraction(1, audio_rate)
             resampler = av.AudioResampler(format="fltp", layout="mono", rate=audio_rate)
             for f in [*resampler.resample(frame), *resampler.resample(None)]:
                 c.mux(a.encode(f))

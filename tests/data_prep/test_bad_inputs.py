@@ -6,12 +6,16 @@ import json
 import os
 import shutil
 
+import av
+import cv2
 import numpy as np
 import pytest
 
 from cyberhost.data import iter_clips
 from data_prep.__main__ import main
 from tests.data_prep.media import SAMPLES, sample_frames, tone, write_video
+
+VFR_PTS = [round(k * 1000 / 30) for k in range(15)] + [500 + 60 * k for k in range(15)]  # ms
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +25,7 @@ def corpus(tmp_path_factory):
     write_video(d / "good.mp4", person, tone(2.0))
     (d / "sub").mkdir()
     write_video(d / "sub" / "rotated.mp4", person[:30], tone(1.2), rotation=90)
-    write_video(d / "vfr.mkv", person[:30], tone(1.3), pts=[round(k * 1000 / 30) for k in range(30)][:15] + [500 + 60 * k for k in range(15)])
+    write_video(d / "vfr.mkv", person[:30], tone(1.4), pts=VFR_PTS)
     write_video(d / "no_audio.mp4", person[:30])
     write_video(d / "audio_only.mp4", None, tone(1.0))
     write_video(d / "no_person.mp4", np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (25, 64, 1, 3)).astype(np.uint8), tone(1.0))
@@ -36,11 +40,25 @@ def corpus(tmp_path_factory):
     (d / "text.mp4").write_text("this is not a video\n" * 20)
     (d / "notes.txt").write_text("ignored: not a video extension")
     (d / "dangling.mp4").symlink_to(d / "missing-target.mp4")
-    locked = d / "locked.mp4"
-    shutil.copy(d / "short.mp4", locked)
-    locked.chmod(0)
+    os.mkfifo(d / "fifo.mp4")  # opening it for reading would block forever: must be refused unopened
+    (d / "folder.mp4").mkdir()
+    good = (d / "good.mp4").read_bytes()  # mdat first, moov (the stream table) in the last kB
+    (d / "bitflip_data.mp4").write_bytes(_flip(good, int(0.7 * len(good)), 4000, 13))
+    (d / "bitflip_header.mp4").write_bytes(_flip(good, len(good) - 3000, 3000, 5))
+    if os.geteuid() != 0:  # root reads a chmod-000 file anyway
+        locked = d / "locked.mp4"
+        shutil.copy(d / "short.mp4", locked)
+        locked.chmod(0)
     out = tmp_path_factory.mktemp("out")
     return d, out
+
+
+def _flip(data: bytes, start: int, length: int, step: int) -> bytes:
+    """Bit-flipped copy (every bit of every ``step``-th byte in ``[start, start + length)``): corrupt, not truncated."""
+    out = bytearray(data)
+    for i in range(start, min(start + length, len(out)), step):
+        out[i] ^= 0xFF
+    return bytes(out)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +90,12 @@ EXPECTED = {
     "truncated.mp4": ("skipped", "not a readable media file"),
     "zero.mp4": ("skipped", "empty file (0 bytes)"),
     "text.mp4": ("skipped", "not a readable media file"),
-    "dangling.mp4": ("skipped", "unreadable"),
+    "dangling.mp4": ("skipped", "unreadable: dangling symbolic link (target"),
+    "fifo.mp4": ("skipped", "unreadable: not a regular file (a FIFO)"),
+    "folder.mp4": ("skipped", "unreadable: not a regular file (a directory)"),
+    # damage in the middle of the media data: the clip before it survives, the report says where it stopped
+    "bitflip_data.mp4": ("ok", "decoding stopped after 1.08 s (InvalidDataError)"),
+    "bitflip_header.mp4": ("skipped", "no media streams found (damaged or missing container header)"),
 }
 
 
@@ -83,16 +106,38 @@ def test_every_input_has_a_precise_entry(report, name):
     assert reason in report[name]["reason"]
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod-000 file; fifo/folder/dangling cover 'unreadable' as root")
 def test_unreadable_file(report):
-    if os.geteuid() == 0:
-        # root reads a chmod-000 file anyway; it is then a normal short video
-        assert report["locked.mp4"]["reason"].startswith("too short")
-    else:
-        assert report["locked.mp4"]["status"] == "skipped" and "unreadable" in report["locked.mp4"]["reason"]
+    assert report["locked.mp4"]["status"] == "skipped" and "unreadable: permission denied" in report["locked.mp4"]["reason"]
 
 
 def test_only_video_files_are_inputs(report):
-    assert "notes.txt" not in report and len(report) == len(EXPECTED) + 1
+    assert "notes.txt" not in report and len(report) == len(EXPECTED) + (os.geteuid() != 0)
+
+
+def test_bit_flipped_data_keeps_the_clip_before_the_damage(corpus, report):
+    entry = report["bitflip_data.mp4"]
+    assert entry["clips"] == 1 and "audio decoding stopped" in entry["reason"]
+    clip = next(c for c in iter_clips(corpus[1]) if c["source"] == "bitflip_data.mp4")
+    good = next(c for c in iter_clips(corpus[1]) if c["source"] == "good.mp4")
+    np.testing.assert_array_equal(clip["frames"], good["frames"])  # the damage lies after the first clip
+
+
+def test_variable_frame_rate_timing(corpus):
+    """vfr.mkv: 15 frames at 30 fps, then 15 frames 60 ms apart from 0.5 s; 25 fps output by nearest timestamp."""
+    raw, out = corpus
+    (clip,) = [c for c in iter_clips(out) if c["source"] == "vfr.mkv"]
+    assert (clip["num_frames"], clip["start"], clip["end"]) == (25, 0.0, 1.0) and len(clip["audio"]) == 16_000
+    with av.open(str(raw / "vfr.mkv")) as c:  # independent decode of the source frames and their times
+        decoded = [(float(f.pts * f.time_base), f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+    times = np.array([t for t, _ in decoded])
+    assert len(times) == 30 and np.allclose(times, np.array(VFR_PTS) / 1000)
+    size = (clip["width"], clip["height"])
+    sources = np.stack([cv2.resize(img, size, interpolation=cv2.INTER_AREA) for _, img in decoded]).astype(int)
+    want = [int(np.argmin(np.abs(times - k / 25) - 1e-9 * times)) for k in range(25)]  # nearest, ties -> later
+    got = [int(np.argmin(np.abs(sources - f.astype(int)).mean(axis=(1, 2, 3)))) for f in clip["frames"]]
+    assert got == want
+    assert len(set(want[12:])) < len(want[12:])  # the 60 ms gaps repeat source frames: a count-based decoder fails
 
 
 def test_good_inputs_give_schema_clips(corpus, report):
@@ -101,7 +146,8 @@ def test_good_inputs_give_schema_clips(corpus, report):
     by_source = {}
     for c in clips:
         by_source.setdefault(c["source"], []).append(c)
-    assert {s: len(v) for s, v in by_source.items()} == {"good.mp4": 2, "sub/rotated.mp4": 1, "vfr.mkv": 1, "truncated.mkv": report["truncated.mkv"]["clips"]}
+    want = {"good.mp4": 2, "sub/rotated.mp4": 1, "vfr.mkv": 1, "truncated.mkv": report["truncated.mkv"]["clips"], "bitflip_data.mp4": 1}
+    assert {s: len(v) for s, v in by_source.items()} == want
     assert report["truncated.mkv"]["clips"] >= 1
     rotated = by_source["sub/rotated.mp4"][0]
     assert (rotated["height"], rotated["width"]) == (256, 308)  # upright and downscaled
