@@ -87,6 +87,30 @@ def first_frame(video: Path, image: Path) -> Path:
     return image
 
 
+def generate(sample: Path, checkpoint: Path, config: Path, video: Path, frames: int, steps: int = 4) -> int:
+    """``cyberhost generate`` of ``frames`` frames from ``sample``'s first frame and its speech (CPU).
+
+    Args:
+        sample: a video with a person and speech (its first frame is the reference image).
+        checkpoint: stage-2 checkpoint.
+        config: the training config of the checkpoint.
+        video: output mp4 (the reference image is written beside it).
+        frames: frames to generate.
+        steps: sampling steps.
+
+    Returns:
+        The command's exit status.
+    """
+    from cyberhost.inference.cli import main as generate_cli
+
+    video.parent.mkdir(parents=True, exist_ok=True)
+    image = first_frame(sample, video.parent / "reference.png")
+    return generate_cli([
+        "--image", str(image), "--audio", str(sample), "--checkpoint", str(checkpoint), "--config", str(config),
+        "--output", str(video), "--max-frames", str(frames), "--steps", str(steps), "--device", "cpu",
+    ])  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit code."""
     p = argparse.ArgumentParser(prog="python -m cyberhost.demo", description=__doc__.split("\n")[0])
@@ -116,17 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         timings[f"stage{stage}"] = time.perf_counter() - t
 
     _banner(f"4/4 generate {args.frames} frames from a sample's first frame and its speech")
-    from cyberhost.inference.cli import main as generate
-
     sample = sorted(args.samples.glob("*.mp4"))[0]
-    image = first_frame(sample, out / "reference.png")
     video = out / "generated.mp4"
     t = time.perf_counter()
-    code = generate([
-        "--image", str(image), "--audio", str(sample), "--checkpoint", str(runs[2] / "checkpoints" / "last.ckpt"),
-        "--config", str(runs[2] / "config.yaml"), "--output", str(video), "--max-frames", str(args.frames),
-        "--steps", "4", "--device", "cpu",
-    ])  # fmt: skip
+    code = generate(sample, runs[2] / "checkpoints" / "last.ckpt", runs[2] / "config.yaml", video, args.frames)
     timings["generate"] = time.perf_counter() - t
     if code:
         return int(code)

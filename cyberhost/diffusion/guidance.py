@@ -6,6 +6,10 @@ Training drops the reference and the audio independently so that one network giv
     eps = eps(-,-) + s_ref*(eps(ref,-) - eps(-,-)) + s_audio*(eps(ref,audio) - eps(ref,-))
 
 with s_ref = 2.5 and s_audio = 4.5 (paper). The reference features are computed once.
+
+The combination and the scheduler step run in float32 whatever the network's precision: under
+bf16 autocast the branches come back in bf16 (8 bits of mantissa), and scaling their difference
+by 4.5 would scale its rounding error with it.
 """
 
 from __future__ import annotations
@@ -48,8 +52,16 @@ class ConditionDropout:
 
 def combine_guidance(eps_uncond: Tensor, eps_ref: Tensor, eps_full: Tensor, ref_scale: float = 2.5,
                      audio_scale: float = 4.5) -> Tensor:
-    """Two-scale CFG: ``e(-,-) + s_ref(e(ref,-) - e(-,-)) + s_audio(e(ref,audio) - e(ref,-))``."""
-    return eps_uncond + ref_scale * (eps_ref - eps_uncond) + audio_scale * (eps_full - eps_ref)
+    """Two-scale CFG: ``e(-,-) + s_ref(e(ref,-) - e(-,-)) + s_audio(e(ref,audio) - e(ref,-))``.
+
+    The branches are cast to float32 first (float64 stays float64), so bf16/fp16 network outputs
+    are combined at full precision; the result is float32.
+    """
+    def up(t: Tensor) -> Tensor:
+        return t if t.dtype == torch.float64 else t.float()
+
+    uncond, ref, full = up(eps_uncond), up(eps_ref), up(eps_full)
+    return uncond + ref_scale * (ref - uncond) + audio_scale * (full - ref)
 
 
 Denoiser = Callable[[Tensor, Tensor, bool, bool], Tensor]
@@ -90,7 +102,7 @@ class GuidedSampler:
         c = self.config
         full = denoise(x, t, True, True)
         if c.ref_scale == 1.0 and c.audio_scale == 1.0:
-            return full
+            return full.float()
         uncond = denoise(x, t, False, False)
         ref_only = denoise(x, t, True, False)
         return combine_guidance(uncond, ref_only, full, c.ref_scale, c.audio_scale)
@@ -116,6 +128,6 @@ class GuidedSampler:
         x = x * sched.init_noise_sigma
         for t in sched.timesteps:
             tt = t.expand(shape[0]).to(device)
-            pred = self.guided(denoise, sched.scale_model_input(x, t), tt)
-            x = sched.step(pred, t, x, eta=self.config.eta, generator=generator).prev_sample
+            pred = self.guided(denoise, sched.scale_model_input(x, t), tt)  # float32
+            x = sched.step(pred, t, x.float(), eta=self.config.eta, generator=generator).prev_sample.to(dtype)
         return x

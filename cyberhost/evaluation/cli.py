@@ -8,7 +8,8 @@ Examples::
 
 Writes ``metrics.json``, ``per_video.csv`` and ``aggregate.csv`` into ``--output`` and, with
 ``--tb-dir``, ``eval/<metric>`` scalars for TensorBoard. Exit status 0 on success, 2 on bad
-input (missing file, mismatched lengths), with a one-line message.
+input (missing file, mismatched lengths) or an output that cannot be written, with a one-line
+message.
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     options = {}
     if args.keypoints == "rtmlib":
+        if args.rtmlib_det is None or args.rtmlib_pose is None:
+            print("cyberhost evaluate: error: --keypoints rtmlib needs its local model files: --rtmlib-det "
+                  "DETECTOR.onnx and --rtmlib-pose WHOLEBODY.onnx", file=sys.stderr)
+            return 2
         options = {"det": str(args.rtmlib_det), "pose": str(args.rtmlib_pose)}
     try:
         pairs = _pairs(args)
@@ -107,10 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"cyberhost evaluate: error: {err}", file=sys.stderr)
         return 2
-    paths = write_outputs(result, args.output, args.tb_dir, args.tb_step)
+    # the numbers first: a failed write must not lose a long evaluation's results
     for metric, value in result["aggregate"].items():
         print(f"{metric:>8}: {'-' if value is None else f'{value:.4f}'}  (n={result['counts'].get(metric, 0)})")
     for metric, reason in result["skipped"].items():
         print(f"{metric:>8}: skipped - {reason}")
+    try:
+        paths = write_outputs(result, args.output, args.tb_dir, args.tb_step)
+    except (OSError, ValueError) as err:
+        print(f"cyberhost evaluate: error: cannot write the results to {args.output}: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {paths['json']}, {paths['per_video']}, {paths['aggregate']}")
     return 0

@@ -37,7 +37,7 @@ from cyberhost.evaluation.metrics import (
     frame_metrics,
     hand_keypoint_confidence,
     hand_keypoint_variance,
-    resize_frames,
+    match_ground_truth,
 )
 from cyberhost.evaluation.pairs import VideoPair
 
@@ -55,15 +55,19 @@ WEIGHT_FILES = {
 }
 """File names looked up in ``--weights-dir`` when a metric's weights are not given explicitly."""
 PROTOCOL = {
-    "version": 1,
-    "ssim": "all frames, ground-truth resolution, RGB [0,1], gaussian 11/1.5, K=(0.01,0.03), reflect-padded full map",
-    "psnr": "all frames, ground-truth resolution, RGB [0,1], capped at 100 dB; mean over frames then videos",
+    "version": 2,
+    "frames": "every decoded frame, paired by index; differing counts are an error unless --length-mismatch truncate",
+    "ground_truth_size": "ground truth of another size is centre-cropped to the generated aspect ratio, then resized "
+    "to the generated size (bilinear, antialiased); generated frames are never resampled; notes record it",
+    "ssim": "all frames, generated resolution, RGB [0,1], gaussian 11/1.5, K=(0.01,0.03), reflect-padded full map",
+    "psnr": "all frames, generated resolution, RGB [0,1], capped at 100 dB; mean over frames then videos",
     "fid": "generated vs ground-truth frames (every fid_stride-th), TF1-bilinear 299x299, 2048-d pool3",
     "fvd": "non-overlapping 16-frame clips, 224 short side + centre crop, [-1,1], I3D 400-d logits",
     "csim": "ArcFace 112x112 5-point alignment from keypoints, cosine(reference, frame), mean over frames with a face",
     "hkc": "mean confidence of the 42 hand points over frames with both shoulders (conf>=0.3)",
     "hkv": "std of hand point x/y (conf>=0.3) over the clip at 512 short side, mean over points and axes",
     "sync": "syncnet_v2, 25 fps face crops from keypoints, MFCC 13, vshift 15; SyncD=min dist, SyncC=median-min",
+    "non_finite": "a NaN/inf value is reported as null (JSON) / empty (CSV) with the reason under skipped",
 }
 
 
@@ -133,6 +137,35 @@ def _read_image(path: Path) -> np.ndarray:
     if image is None:
         raise ValueError(f"cannot read reference image {path}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def _null_non_finite(record: dict[str, Any]) -> None:
+    """Per-video NaN/inf values become None, with the reason under ``skipped`` (never averaged, never written)."""
+    for metric in PER_VIDEO:
+        value = record.get(metric)
+        if value is not None and not _finite(float(value)):
+            record[metric] = None
+            base = "sync" if metric.startswith("sync") else metric
+            record["skipped"].setdefault(
+                base, f"{metric} came out {value} (degenerate input, e.g. a flat face crop or silent audio)"
+            )
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN), numpy scalars as Python ones."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _nanmean(values: list[float]) -> float:
@@ -220,10 +253,14 @@ class Evaluator:
                 record["frames"] = n
             if abs(gt_fps - fps) > 0.01:
                 record["notes"].append(f"frame rates differ: generated {fps:g}, ground truth {gt_fps:g}")
+            gt, note = match_ground_truth(gt, gen.shape[1:3])
+            if note:
+                record["notes"].append(note)
         else:
             self.gt_missing += 1
         self._reference_metrics(gen, gt, record)
         self._keypoint_metrics(pair, gen, fps, gt, record)
+        _null_non_finite(record)
         return record
 
     def _reference_metrics(self, gen: np.ndarray, gt: np.ndarray | None, record: dict[str, Any]) -> None:
@@ -231,13 +268,7 @@ class Evaluator:
             if metric in self.config.metrics and gt is None:
                 record["skipped"][metric] = "no ground truth"
         if gt is not None and ({"ssim", "psnr"} & set(self.config.metrics)):
-            gen_cmp = gen
-            if gen.shape[1:3] != gt.shape[1:3]:
-                record["notes"].append(
-                    f"generated {gen.shape[2]}x{gen.shape[1]} resized to {gt.shape[2]}x{gt.shape[1]}"
-                )
-                gen_cmp = resize_frames(gen, gt.shape[1:3])
-            scores = frame_metrics(gen_cmp, gt)
+            scores = frame_metrics(gen, gt)  # gt already at the generated size (match_ground_truth)
             record.update({k: v for k, v in scores.items() if k in self.config.metrics})
         if gt is None:
             return
@@ -355,10 +386,11 @@ class Evaluator:
                 aggregate[metric] = None
                 unit = "frames" if metric == "fid" else "16-frame clips"
                 skipped[metric] = f"needs at least 2 {unit} with ground truth on each side, got {n}"
-            elif metric == "fid":
-                aggregate[metric] = float(self.fid.compute())
             else:
-                aggregate[metric] = gen_s.distance(gt_s)
+                value = float(self.fid.compute()) if metric == "fid" else float(gen_s.distance(gt_s))
+                aggregate[metric] = value if math.isfinite(value) else None
+                if not math.isfinite(value):
+                    skipped[metric] = f"{metric} came out {value} (singular feature statistics: too few or identical frames)"
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()}
         return {
             "protocol": PROTOCOL,
@@ -371,13 +403,16 @@ class Evaluator:
 
 
 def _fmt(value: Any) -> Any:
-    return "" if value is None else value
+    return "" if value is None or not _finite(value) else value
 
 
 def write_outputs(
     result: dict[str, Any], out_dir: str | Path, tb_dir: str | Path | None = None, tb_step: int = 0
 ) -> dict[str, Path]:
     """Write ``metrics.json``, ``per_video.csv`` and ``aggregate.csv``; log ``eval/<metric>`` scalars.
+
+    Non-finite numbers are written as ``null`` (JSON) and empty cells (CSV); the reason is in
+    ``skipped`` (:meth:`Evaluator.run` puts it there).
 
     Args:
         result: the output of :meth:`Evaluator.run`.
@@ -388,6 +423,7 @@ def write_outputs(
     Returns:
         The written files by kind.
     """
+    result = _json_safe(result)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "metrics.json", "per_video": out / "per_video.csv", "aggregate": out / "aggregate.csv"}

@@ -1,18 +1,50 @@
 """Video and audio reading (and a small writer) with PyAV, shared by evaluation, inference and callbacks.
 
-Frames come back as RGB ``uint8`` arrays ``(F, H, W, 3)`` in decode order; audio as mono
-``float32`` in ``[-1, 1]`` resampled by FFmpeg's resampler (``swr``) to the requested rate.
+Frames come back as RGB ``uint8`` arrays ``(F, H, W, 3)`` in decode order (or one at a time from
+:func:`iter_video`); audio as mono ``float32`` in ``[-1, 1]`` resampled by FFmpeg's resampler
+(``swr``) to the requested rate, or with :func:`read_audio_track` at its own rate and channels
+(what an output mp4 carries).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
-__all__ = ["read_audio", "read_video", "write_video"]
+__all__ = ["AudioTrack", "count_frames", "encode_audio", "iter_video", "read_audio", "read_audio_track", "read_video",
+           "video_fps", "write_video"]
+
+AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+"""Sample rates the AAC encoder takes; another rate is resampled to 48 kHz."""
+
+
+@dataclass
+class AudioTrack:
+    """Audio at its own sample rate and channel layout, ready to encode.
+
+    Attributes:
+        samples: ``float32`` ``(C, S)`` in ``[-1, 1]``, planar.
+        sample_rate: Hz.
+        layout: ``"mono"`` or ``"stereo"``.
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    layout: str
+
+    @property
+    def duration(self) -> float:
+        """Seconds."""
+        return self.samples.shape[1] / self.sample_rate
+
+    def trimmed(self, seconds: float) -> AudioTrack:
+        """The first ``seconds`` (all of it when shorter)."""
+        return AudioTrack(self.samples[:, : round(seconds * self.sample_rate)], self.sample_rate, self.layout)
 
 
 def _open(path: str | Path) -> av.container.InputContainer:
@@ -40,21 +72,54 @@ def read_video(path: str | Path, max_frames: int | None = None) -> tuple[np.ndar
         FileNotFoundError: the file does not exist.
         ValueError: the file has no video stream or no decodable frame.
     """
-    with _open(path) as container:
-        if not container.streams.video:
-            raise ValueError(f"{path}: no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        rate = stream.average_rate or stream.base_rate
-        fps = float(rate) if rate else 0.0
-        frames: list[np.ndarray] = []
-        for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if max_frames is not None and len(frames) >= max_frames:
-                break
-    if not frames:
-        raise ValueError(f"{path}: no decodable video frame")
+    fps = video_fps(path)
+    frames: list[np.ndarray] = []
+    for frame in iter_video(path):
+        frames.append(frame)
+        if max_frames is not None and len(frames) >= max_frames:
+            break
     return np.stack(frames), fps
+
+
+def _video_stream(container: av.container.InputContainer, path: str | Path) -> av.VideoStream:
+    if not container.streams.video:
+        raise ValueError(f"{path}: no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return stream
+
+
+def video_fps(path: str | Path) -> float:
+    """Average frame rate of the first video stream (``0.0`` when the container does not know it)."""
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        rate = stream.average_rate or stream.base_rate
+        return float(rate) if rate else 0.0
+
+
+def iter_video(path: str | Path) -> Iterator[np.ndarray]:
+    """Decode the first video stream one ``uint8`` RGB ``(H, W, 3)`` frame at a time (one frame held).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file has no video stream or no decodable frame.
+    """
+    with _open(path) as container:
+        count = 0
+        for frame in container.decode(_video_stream(container, path)):
+            count += 1
+            yield frame.to_ndarray(format="rgb24")
+    if not count:
+        raise ValueError(f"{path}: no decodable video frame")
+
+
+def count_frames(path: str | Path) -> int:
+    """Decoded frames of the first video stream (decoded, not converted: what :func:`read_video` returns)."""
+    with _open(path) as container:
+        count = sum(1 for _ in container.decode(_video_stream(container, path)))
+    if not count:
+        raise ValueError(f"{path}: no decodable video frame")
+    return count
 
 
 def read_audio(path: str | Path, sr: int = 16_000) -> np.ndarray:
@@ -85,6 +150,45 @@ def read_audio(path: str | Path, sr: int = 16_000) -> np.ndarray:
     if not chunks:
         return np.zeros(0, dtype=np.float32)
     return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def read_audio_track(path: str | Path, max_seconds: float | None = None) -> AudioTrack:
+    """Decode the first audio stream at its own rate and channels (for muxing, not for features).
+
+    Mono stays mono; two or more channels become stereo (FFmpeg's downmix beyond two: the AAC
+    encoder takes only some surround layouts). A rate the AAC encoder does not take becomes 48 kHz.
+
+    Args:
+        path: any file with an audio stream.
+        max_seconds: stop decoding after this much audio (``None``: all).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file has no audio stream.
+    """
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise ValueError(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate or 48_000
+        rate = rate if rate in AAC_RATES else 48_000
+        layout = "mono" if stream.codec_context.channels == 1 else "stereo"
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+        limit = None if max_seconds is None else round(max_seconds * rate)
+        chunks: list[np.ndarray] = []
+        total = 0
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray())
+                total += chunks[-1].shape[1]
+            if limit is not None and total >= limit:
+                break
+        else:
+            chunks.extend(out.to_ndarray() for out in resampler.resample(None))
+    channels = 1 if layout == "mono" else 2
+    samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((channels, 0), np.float32)
+    track = AudioTrack(np.ascontiguousarray(samples, dtype=np.float32), rate, layout)
+    return track if max_seconds is None else track.trimmed(max_seconds)
 
 
 def write_video(
@@ -125,17 +229,16 @@ def write_video(
         for packet in vstream.encode():
             container.mux(packet)
         if astream is not None and audio is not None:
-            _encode_audio(container, astream, np.asarray(audio, dtype=np.float32), sr)
+            encode_audio(container, astream, AudioTrack(np.asarray(audio, np.float32).reshape(1, -1), sr, "mono"))
 
 
-def _encode_audio(container: av.container.OutputContainer, stream: av.AudioStream, audio: np.ndarray, sr: int) -> None:
+def encode_audio(container: av.container.OutputContainer, stream: av.AudioStream, track: AudioTrack) -> None:
+    """Encode and mux ``track`` into ``stream`` (an AAC stream opened with the track's rate and layout)."""
     frame_size = stream.codec_context.frame_size or 1024
-    pts = 0
-    for start in range(0, len(audio), frame_size):
-        chunk = np.ascontiguousarray(audio[start : start + frame_size].reshape(1, -1))
-        frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
-        frame.sample_rate, frame.pts = sr, pts
-        pts += chunk.shape[1]
+    for start in range(0, track.samples.shape[1], frame_size):
+        chunk = np.ascontiguousarray(track.samples[:, start : start + frame_size])
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=track.layout)
+        frame.sample_rate, frame.pts = track.sample_rate, start
         for packet in stream.encode(frame):
             container.mux(packet)
     for packet in stream.encode():

@@ -2,9 +2,14 @@
 
 Protocol (numbers are only comparable when these match):
 
+* **Ground truth of another size** (:func:`match_ground_truth`, used for SSIM, PSNR, FID, FVD
+  and the CSIM reference fallback): the ground truth is brought to the generated framing, never
+  the other way round: centre-cropped to the largest window of the generated aspect ratio, then
+  resized to the generated size (bilinear, antialiased); the per-video notes say what was done.
+  Generated frames are never resampled. For comparable numbers make the ground-truth clips at
+  the generated framing; the centre crop is the fallback when they are not.
 * **SSIM / PSNR**: every frame of the generated video against the frame with the same index of
-  the ground truth, at the ground truth's resolution (a generated video of another size is
-  resized to it, bilinear with antialiasing, and the record says so), RGB in ``[0, 1]``
+  the ground truth, at the generated resolution (ground truth matched as above), RGB in ``[0, 1]``
   (``data_range = 1``). SSIM: Gaussian window 11, σ = 1.5, K1 = 0.01, K2 = 0.03, computed per
   channel and averaged, borders cropped as torchmetrics does. PSNR per frame over all pixels
   and channels, capped at 100 dB (identical frames would give infinity). The video's value is
@@ -40,6 +45,7 @@ __all__ = [
     "frame_metrics",
     "hand_keypoint_confidence",
     "hand_keypoint_variance",
+    "match_ground_truth",
     "resize_frames",
 ]
 
@@ -51,11 +57,51 @@ KeypointFn = Callable[[np.ndarray], np.ndarray]
 """Maps ``uint8`` RGB frames ``(F, H, W, 3)`` to COCO-WholeBody keypoints ``(F, 133, 3)``."""
 
 
-def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize ``uint8`` ``(F, H, W, 3)`` to ``size = (H', W')`` (bilinear, antialiased)."""
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+def resize_frames(frames: np.ndarray, size: tuple[int, int], chunk: int = 16) -> np.ndarray:
+    """Resize ``uint8`` ``(F, H, W, 3)`` to ``size = (H', W')`` (bilinear, antialiased), ``chunk`` frames at a time."""
+    out = np.empty((len(frames), *size, 3), np.uint8)
+    for i in range(0, len(frames), chunk):
+        x = torch.from_numpy(np.ascontiguousarray(frames[i : i + chunk])).permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        out[i : i + chunk] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def centre_crop_box(size: tuple[int, int], aspect_of: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of the largest centred window of ``size`` with the aspect ratio of ``aspect_of``.
+
+    Both are ``(H, W)``; the window keeps the full height when ``size`` is relatively wider, else the full width.
+    """
+    (h, w), (th, tw) = size, aspect_of
+    if w * th > tw * h:  # wider than the target: crop the sides
+        ch, cw = h, min(w, round(h * tw / th))
+    else:  # taller: crop top and bottom
+        ch, cw = min(h, round(w * th / tw)), w
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def match_ground_truth(ground_truth: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, str | None]:
+    """The ground truth at the generated framing: centre crop to the generated aspect ratio, then resize.
+
+    Args:
+        ground_truth: ``uint8`` ``(F, H, W, 3)``.
+        size: the generated ``(H', W')``.
+
+    Returns:
+        ``(frames (F, H', W', 3), note)``; the note says what was done (None when nothing was).
+    """
+    h, w = ground_truth.shape[1:3]
+    if (h, w) == tuple(size):
+        return ground_truth, None
+    top, left, ch, cw = centre_crop_box((h, w), size)
+    frames = ground_truth[:, top : top + ch, left : left + cw]
+    note = f"ground truth {w}x{h}"
+    if (ch, cw) != (h, w):
+        note += f" centre-cropped to {cw}x{ch} (the generated aspect ratio)"
+    if (ch, cw) != tuple(size):
+        frames = resize_frames(frames, size)
+        note += f"{' and' if (ch, cw) != (h, w) else ''} resized to {size[1]}x{size[0]} (the generated size)"
+    return frames, note
 
 
 def frame_metrics(generated: np.ndarray, target: np.ndarray, chunk: int = 16) -> dict[str, float]:

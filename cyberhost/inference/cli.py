@@ -18,12 +18,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from .errors import GenerateError
+from .conditions import CLARITY_PERCENTILE, clarity_from_data
+from .errors import GenerateError, KeypointError
 from .pipeline import MODES, GenerateConfig, generate_video
 
 log = logging.getLogger(__name__)
@@ -66,12 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--height", type=int, help="output height (multiple of 8); default: nearest training bucket")
     s.add_argument("--width", type=int, help="output width (multiple of 8)")
     s.add_argument("--hand-clarity", default="high",
-                   help="hand clarity control: 'high', 'reference' (the reference's own hands) or a number")
+                   help="hand clarity control: 'high' (a fixed 30.0, or the percentile of --hand-clarity-data), "
+                        "'reference' (the reference's own hands) or a number")
+    s.add_argument("--hand-clarity-data", metavar="DIR",
+                   help="prepared training data (data_prep output): 'high' becomes a percentile of its hand_clarity")
+    s.add_argument("--hand-clarity-percentile", type=float, default=CLARITY_PERCENTILE,
+                   help="percentile of --hand-clarity-data taken as 'high'")
     s.add_argument("--num-frames", type=int, default=0, help="frames per segment (0 = training's clip length)")
     s.add_argument("--num-motion", type=int, default=0, help="motion frames (0 = training's)")
     s.add_argument("--max-frames", type=int, help="stop after this many frames")
     s.add_argument("--batch-cfg", action=argparse.BooleanOptionalAction, default=d.batch_cfg,
-                   help="run the three CFG branches as one batch (1.2x faster on an H100, +4 %% memory)")
+                   help="run the three CFG branches as one batch of 3 network calls (same result as three calls; "
+                        "fewer, larger kernels, more activation memory)")
 
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
@@ -97,13 +105,49 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _backend(args: argparse.Namespace, device: torch.device) -> Any:
+def make_keypoint_backend(args: argparse.Namespace, device: torch.device) -> Any:
+    """The keypoint backend the flags name.
+
+    Raises:
+        KeypointError: rtmlib without its model files, or a backend that cannot be built (the reason in one line).
+    """
     from cyberhost.data.keypoints import MediaPipeHolistic, make_backend
 
     if args.keypoints == "rtmlib":
-        return make_backend("rtmlib", det=args.rtmlib_det or "", pose=args.rtmlib_pose or "",
-                            device="cuda" if device.type == "cuda" else "cpu")
-    return MediaPipeHolistic(static_image_mode=True)
+        if not (args.rtmlib_det and args.rtmlib_pose):
+            raise KeypointError("--keypoints rtmlib needs its local model files: --rtmlib-det DETECTOR.onnx and "
+                                "--rtmlib-pose WHOLEBODY.onnx (nothing is downloaded; see the README's keypoint backends)")
+        for flag, path in (("--rtmlib-det", args.rtmlib_det), ("--rtmlib-pose", args.rtmlib_pose)):
+            if not Path(path).is_file():
+                raise KeypointError(f"{flag} {path}: no such file")
+    try:
+        if args.keypoints == "rtmlib":
+            return make_backend("rtmlib", det=args.rtmlib_det, pose=args.rtmlib_pose,
+                                device="cuda" if device.type == "cuda" else "cpu")
+        return MediaPipeHolistic(static_image_mode=True)
+    except Exception as err:  # onnxruntime, MediaPipe and import errors: the user needs the reason, not a traceback
+        raise KeypointError(f"cannot build the {args.keypoints} keypoint backend: {type(err).__name__}: "
+                            f"{' '.join(str(err).split())}") from err
+
+
+def generate_config(args: argparse.Namespace, device: torch.device) -> GenerateConfig:
+    """The :class:`GenerateConfig` of the flags (hand clarity from the training data when asked)."""
+    clarity: str | float = args.hand_clarity
+    if args.hand_clarity_data and clarity == "high":
+        clarity = clarity_from_data(args.hand_clarity_data, args.hand_clarity_percentile)
+        log.info("hand clarity 'high' = %.2f (percentile %g of %s)", clarity, args.hand_clarity_percentile,
+                 args.hand_clarity_data)
+    autocast = args.autocast if args.autocast != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    try:
+        return GenerateConfig(
+            mode=args.mode, steps=args.steps, ref_scale=args.ref_scale, audio_scale=args.audio_scale, eta=args.eta,
+            seed=args.seed, height=args.height, width=args.width, hand_clarity=clarity,
+            decode_chunk=args.decode_chunk, num_frames=args.num_frames, num_motion=args.num_motion,
+            batch_cfg=args.batch_cfg, align_driving=not args.no_align_driving, max_frames=args.max_frames,
+            autocast=autocast, crf=args.crf,
+        )  # fmt: skip
+    except ValueError as err:  # the config's own checks say what to change
+        raise GenerateError(str(err)) from err
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,19 +160,12 @@ def run(args: argparse.Namespace) -> int:
         raise GenerateError(f"--driving-video is required in {args.mode} mode")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    autocast = args.autocast if args.autocast != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    config = GenerateConfig(
-        mode=args.mode, steps=args.steps, ref_scale=args.ref_scale, audio_scale=args.audio_scale, eta=args.eta,
-        seed=args.seed, height=args.height, width=args.width, hand_clarity=args.hand_clarity,
-        decode_chunk=args.decode_chunk, num_frames=args.num_frames, num_motion=args.num_motion,
-        batch_cfg=args.batch_cfg, align_driving=not args.no_align_driving, max_frames=args.max_frames,
-        autocast=autocast, crf=args.crf,
-    )  # fmt: skip
-    model, settings = load_model(args.checkpoint, args.config, parse_overrides(args.overrides),
-                                 args.trust_checkpoint, prefer_ema=not args.no_ema)
-    model.to(device)
-    backend = _backend(args, device)
+    config = generate_config(args, device)
+    backend = make_keypoint_backend(args, device)  # before the model: a missing model file fails fast
     try:
+        model, settings = load_model(args.checkpoint, args.config, parse_overrides(args.overrides),
+                                     args.trust_checkpoint, prefer_ema=not args.no_ema)
+        model.to(device)
         result = generate_video(model, args.image, args.audio, args.output, settings=settings, config=config,
                                 backend=backend, driving=args.driving_video, frames_dir=args.frames_dir,
                                 progress=not args.no_progress)

@@ -8,33 +8,24 @@ fixed-size box for the whole video: the thorax of the reference is a single poin
 box is training's minimum side (``movement_min_side`` of the height) enlarged by the mean
 factor (1.25 for the paper's 100-150 %), centred on the reference thorax.
 
-Driving videos (video-driven and multimodal modes) are run through the same backend; their
-keypoints are cropped like a training clip, mapped to the output frame and aligned to the
-reference (thorax position and shoulder width of the first frame with both shoulders), then drawn:
-
-* video-driven: the full skeleton of each frame **replaces** the movement map; it enters the
-  network where the movement map does, through the Pose Encoder, added to the noised latent.
-* multimodal: the hand bones of each frame are drawn **over** the reference's movement box, so
-  audio drives face and body while the hands follow the driving video.
-
-Both need a network fine-tuned with such maps (the paper trains a variant per mode); a network
-trained on movement boxes only will not follow them.
+Driving videos (video-driven and multimodal modes) are in :mod:`.driving`.
 """
 
 from __future__ import annotations
 
+import io
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from cyberhost.data import maps, regions
+from cyberhost.data import regions
 from cyberhost.data.buckets import BucketConfig, nearest_bucket
 from cyberhost.data.keypoints import KeypointBackend, dominant_person
-from cyberhost.data.schema import BODY, HANDS, LEFT_SHOULDER, RIGHT_SHOULDER
+from cyberhost.data.schema import BODY
 from cyberhost.data.transforms import (
     TransformConfig,
     choose_crop,
@@ -44,12 +35,16 @@ from cyberhost.data.transforms import (
     reference_parts,
 )
 
-from .errors import GenerateError, NoPersonError
+from .errors import GenerateError, KeypointError, NoPersonError
 
 HIGH_CLARITY = 30.0
 """Hand clarity used for "high" (std of the Laplacian of a 128-px grey crop): sharp crops of
-natural images score about 10-30, blurred (motion) ones 2-5. Set ``--hand-clarity`` to a
-high percentile of your training data's ``hand_clarity`` for the best match."""
+natural images score about 10-30, blurred (motion) ones 2-5, so 30 is the sharp end of that range
+whatever the data. The score's scale depends on the footage (resolution, compression), so the
+closest match to what the network saw as "sharp" is a high percentile of the training data's own
+``hand_clarity``: :func:`clarity_from_data` (``--hand-clarity-data DIR``)."""
+CLARITY_PERCENTILE = 90.0
+"""Percentile of the training data's hand clarity taken as "high" by :func:`clarity_from_data`."""
 MIN_BODY_POINTS = 3
 """Fewest confident COCO body points for a detection to count as a person."""
 
@@ -95,9 +90,18 @@ def _one_frame_clip(frame: np.ndarray, kps: np.ndarray, min_confidence: float) -
             "movement_range": regions.movement_range(track), "width": w, "height": h, "num_frames": 1}
 
 
-def detect_person(frame: np.ndarray, backend: KeypointBackend, min_confidence: float) -> np.ndarray | None:
-    """Keypoints ``(133, 3)`` of the dominant person, or None when there is none."""
-    persons = backend(np.ascontiguousarray(frame))
+def detect_person(frame: np.ndarray, backend: KeypointBackend, min_confidence: float,
+                  name: str = "<array>") -> np.ndarray | None:
+    """Keypoints ``(133, 3)`` of the dominant person, or None when there is none.
+
+    Raises:
+        KeypointError: the backend itself failed (naming it, ``name`` and the reason).
+    """
+    try:
+        persons = backend(np.ascontiguousarray(frame))
+    except Exception as err:  # onnxruntime/MediaPipe raise their own types; the user needs the reason
+        raise KeypointError(f"keypoint backend {getattr(backend, 'name', type(backend).__name__)!r} failed on "
+                            f"{name}: {type(err).__name__}: {err}") from err
     kps, _ = dominant_person(persons, min_confidence)
     if len(persons) == 0 or int((kps[BODY, 2] >= min_confidence).sum()) < MIN_BODY_POINTS:
         return None
@@ -139,7 +143,7 @@ def prepare_reference(
         raise GenerateError(f"reference image {name} must be RGB uint8 (H, W, 3), got {image.dtype} {image.shape}")
     mc = transform.min_confidence
     backend.reset()
-    kps = detect_person(image, backend, mc)
+    kps = detect_person(image, backend, mc, f"the reference image {name}")
     if kps is None:
         raise NoPersonError(f"no person found in the reference image {name} (keypoint backend {backend.name!r} found "
                             f"no body with {MIN_BODY_POINTS}+ keypoints above confidence {mc}); use a photo showing "
@@ -179,116 +183,35 @@ def resolve_clarity(setting: str | float, reference: ReferenceConditions) -> np.
     return np.full(2, value, np.float32)
 
 
-# ----------------------------------------------------------------------------- driving videos
+def clarity_from_data(path: str | os.PathLike, percentile: float = CLARITY_PERCENTILE) -> float:
+    """A percentile of the measured hand clarity of a prepared dataset (absent hands ignored).
 
-
-def source_indices(num_out: int, out_fps: float, src_fps: float, num_src: int) -> np.ndarray:
-    """Driving-video frame shown at each output frame (nearest earlier frame; the last one is held)."""
-    t = np.arange(num_out) / out_fps
-    return np.minimum(np.floor(t * src_fps + 1e-6).astype(np.int64), num_src - 1)
-
-
-def _shoulders(kps: np.ndarray, min_confidence: float) -> tuple[np.ndarray, float] | None:
-    left, right = kps[LEFT_SHOULDER], kps[RIGHT_SHOULDER]
-    if min(left[2], right[2]) < min_confidence:
-        return None
-    width = float(np.hypot(*(left[:2] - right[:2])))
-    return (left[:2] + right[:2]) / 2, width
-
-
-def align_to_reference(seq: np.ndarray, reference: np.ndarray, min_confidence: float) -> np.ndarray:
-    """Scale and shift a keypoint sequence so its first thorax/shoulder width match the reference's.
+    Reads only the ``hand_clarity`` member of every clip (no frame is decoded).
 
     Args:
-        seq: ``(N, 133, 3)`` driving keypoints in output pixels.
-        reference: ``(133, 3)`` reference keypoints in output pixels.
-        min_confidence: shoulders below it do not count.
-
-    Returns:
-        The aligned copy (unchanged when either side lacks both shoulders).
-    """
-    ref = _shoulders(reference, min_confidence)
-    first = next((s for s in (_shoulders(k, min_confidence) for k in seq) if s is not None), None)
-    if ref is None or first is None or first[1] <= 1e-6:
-        return seq.copy()
-    scale = ref[1] / first[1]
-    out = seq.copy()
-    out[..., :2] = (seq[..., :2] - first[0]) * scale + ref[0]
-    return out
-
-
-def driving_keypoints(
-    frames: np.ndarray,
-    src_fps: float,
-    out_fps: float,
-    num_frames: int,
-    backend: KeypointBackend,
-    transform: TransformConfig,
-    reference: ReferenceConditions,
-    name: str = "<array>",
-    align: bool = True,
-) -> np.ndarray:
-    """Keypoints of a driving video at each output frame, in output pixels.
-
-    Args:
-        frames: ``(N_src, H, W, 3)`` uint8 driving frames.
-        src_fps: their frame rate (0 = same as ``out_fps``).
-        out_fps: output frame rate.
-        num_frames: output frames.
-        backend: keypoint backend (video/tracking mode is fine; it is reset first).
-        transform: training's transform settings (crop, thresholds).
-        reference: the prepared reference (output size, alignment target).
-        name: the driving video's file name for messages.
-        align: align to the reference (thorax and shoulder width).
-
-    Returns:
-        ``(num_frames, 133, 3)`` float32; frames without a person have zero confidence.
+        path: output folder of ``data_prep`` (or a shard, or a folder of shards).
+        percentile: in ``[0, 100]``.
 
     Raises:
-        NoPersonError: no frame of the driving video has a person.
+        GenerateError: no shard, or no clip with a visible hand.
     """
-    mc = transform.min_confidence
-    index = source_indices(num_frames, out_fps, src_fps or out_fps, len(frames))
-    backend.reset()
-    found: dict[int, np.ndarray] = {}
-    for j in np.unique(index):
-        kps = detect_person(frames[j], backend, mc)
-        found[int(j)] = kps if kps is not None else np.zeros((133, 3), np.float32)
-    if not any(k[:, 2].max() >= mc for k in found.values()):
-        raise NoPersonError(f"no person found in the driving video {name}")
-    seq = np.stack([found[int(j)] for j in index])  # (N, 133, 3) source pixels
-    clip = {"keypoints": seq, "face_box": regions.face_boxes(seq, None), "hand_boxes": regions.hand_boxes(seq, None),
-            "width": frames.shape[2], "height": frames.shape[1]}
-    crop = choose_crop(frames.shape[1:3], reference.size, person_box(clip, list(range(len(seq))), mc), transform, None)
-    seq = seq.copy()
-    seq[..., :2] = map_points(seq[..., :2], crop, reference.size)
-    return align_to_reference(seq, reference.keypoints, mc) if align else seq
+    from cyberhost.data.shards import iter_raw_samples, list_shards
 
-
-def draw_driving_maps(seq: np.ndarray, mode: str, reference: ReferenceConditions, min_confidence: float) -> Tensor:
-    """The per-frame maps that go where the movement map goes: ``(N, 3, H, W)`` uint8.
-
-    Args:
-        seq: ``(N, 133, 3)`` aligned driving keypoints (output pixels).
-        mode: ``"video"`` (full skeleton) or ``"multimodal"`` (hand bones over the movement box).
-        reference: the prepared reference (size, movement box).
-        min_confidence: points below it are not drawn.
-    """
-    size = reference.size
-    box = reference.movement_map.permute(1, 2, 0).numpy()
-    out = []
-    for kps in seq:
-        if mode == "video":
-            img = maps.draw_skeleton(kps, size, min_confidence)
-        elif mode == "multimodal":
-            hands = np.zeros_like(kps)
-            hands[HANDS] = kps[HANDS]
-            bones = maps.draw_skeleton(hands, size, min_confidence)
-            img = np.where(bones.any(-1, keepdims=True), bones, box)
-        else:
-            raise GenerateError(f"mode must be 'audio', 'video' or 'multimodal', got {mode!r}")
-        out.append(img)
-    return torch.from_numpy(np.ascontiguousarray(np.stack(out).transpose(0, 3, 1, 2)))
+    if not 0 <= percentile <= 100:
+        raise GenerateError(f"hand clarity percentile must be in [0, 100], got {percentile}")
+    try:
+        shards = list_shards(path)
+    except FileNotFoundError as err:
+        raise GenerateError(f"hand clarity data: {err}") from err
+    values = []
+    for shard in shards:
+        for sample in iter_raw_samples(shard):
+            v = np.load(io.BytesIO(sample["hand_clarity.npy"]), allow_pickle=False).reshape(-1)
+            values.append(v[np.isfinite(v)])
+    found = np.concatenate(values) if values else np.zeros(0)
+    if found.size == 0:
+        raise GenerateError(f"hand clarity data {path}: {len(shards)} shard(s) but no clip with a visible hand")
+    return float(np.percentile(found, percentile))
 
 
 def num_output_frames(num_samples: int, sample_rate: int, fps: float) -> int:

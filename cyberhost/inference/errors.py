@@ -11,6 +11,10 @@ class NoPersonError(GenerateError):
     """The keypoint backend finds no person in the reference image (or the driving video)."""
 
 
+class KeypointError(GenerateError):
+    """The keypoint backend cannot be built (missing model files) or fails on a frame."""
+
+
 class AudioReadError(GenerateError):
     """The audio file cannot be opened, has no audio stream, or is empty."""
 

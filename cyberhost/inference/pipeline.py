@@ -13,7 +13,9 @@ One generation is a loop over *segments* of ``num_frames`` frames (training's cl
    mp4 encoder, so no more than one segment of frames is ever held.
 
 The video has ``ceil(duration * fps)`` frames; the last segment is generated in full on
-zero-padded audio and cut. The audio track of the mp4 is the input audio.
+zero-padded audio and cut. The network hears the audio resampled to 16 kHz mono; the mp4 carries
+the input audio itself (its sample rate and mono/stereo, re-encoded to AAC), cut to the video's
+length. Driving videos are streamed (:mod:`.driving`) and their maps drawn per segment.
 """
 
 from __future__ import annotations
@@ -35,16 +37,11 @@ from cyberhost.data.keypoints import KeypointBackend, MediaPipeHolistic
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE
 from cyberhost.data.transforms import TransformConfig, audio_window, to_maps, to_unit
 from cyberhost.diffusion import GuidedSampler, NoiseSchedule, SamplerConfig
+from cyberhost.evaluation.io import AudioTrack, read_audio, read_audio_track
 from cyberhost.models import CyberHost, ReferenceFeatures
 
-from .conditions import (
-    ReferenceConditions,
-    draw_driving_maps,
-    driving_keypoints,
-    num_output_frames,
-    prepare_reference,
-    resolve_clarity,
-)
+from .conditions import ReferenceConditions, num_output_frames, prepare_reference, resolve_clarity
+from .driving import DrivingMaps, DrivingVideo, driving_keypoints
 from .errors import AudioReadError, GenerateError
 from .loading import InferenceSettings
 from .video import VideoWriter
@@ -153,8 +150,6 @@ def load_audio(path: str | Path) -> np.ndarray:
     Raises:
         AudioReadError: naming the file and the reason (missing, not media, no audio stream, empty).
     """
-    from cyberhost.evaluation.io import read_audio
-
     try:
         audio = read_audio(path, AUDIO_SAMPLE_RATE)
     except (FileNotFoundError, ValueError, OSError) as err:
@@ -248,18 +243,181 @@ def _autocast(device: torch.device, name: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def _driving(driving: str | Path | tuple[np.ndarray, float] | None) -> tuple[np.ndarray, float, str]:
-    if driving is None:
-        raise GenerateError("video and multimodal modes need a driving video (--driving-video)")
-    if isinstance(driving, tuple):
-        return driving[0], driving[1], "<array>"
-    from cyberhost.evaluation.io import read_video
+@dataclass
+class _Plan:
+    """Frame counts of one generation.
 
+    Attributes:
+        fps: output frame rate (training's).
+        seg: frames per segment.
+        num_motion: motion frames.
+        total: frames of the video.
+        driving_frames: frames of driving keypoints to compute (covers the last segment's padding).
+        transform: training's transform settings with ``num_frames = seg``.
+    """
+
+    fps: float
+    seg: int
+    num_motion: int
+    total: int
+    driving_frames: int
+    transform: TransformConfig
+
+    @property
+    def segments(self) -> int:
+        """Sampling segments."""
+        return -(-self.total // self.seg)
+
+
+@dataclass
+class _Inputs:
+    """Everything a generation is conditioned on, prepared before any sampling."""
+
+    reference: ReferenceConditions
+    wave: np.ndarray | None  # 16 kHz mono: the audio the network hears
+    driving: DrivingMaps | None
+    plan: _Plan
+
+
+def _conditioning_audio(audio: str | Path | np.ndarray | None) -> np.ndarray | None:
+    if isinstance(audio, str | Path):
+        return load_audio(audio)
+    return None if audio is None else np.asarray(audio, np.float32).reshape(-1)
+
+
+def output_track(audio: str | Path | np.ndarray | None, seconds: float) -> AudioTrack | np.ndarray | None:
+    """The mp4's audio, cut to ``seconds``: an audio file's own track (rate, channels), else the given samples.
+
+    The network hears 16 kHz mono (:func:`load_audio`); the video carries the input as it was,
+    re-encoded to AAC.
+    """
+    if audio is None:
+        return None
+    if not isinstance(audio, str | Path):
+        return np.asarray(audio, np.float32).reshape(-1)[: round(seconds * AUDIO_SAMPLE_RATE)]
     try:
-        frames, fps = read_video(driving)
-    except (FileNotFoundError, ValueError) as err:
-        raise GenerateError(f"cannot read the driving video {driving}: {err}") from err
-    return frames, fps, str(driving)
+        return read_audio_track(audio, seconds)
+    except Exception as err:  # PyAV decoder errors
+        raise AudioReadError(f"cannot read audio from {audio}: {type(err).__name__}: {err}") from err
+
+
+def _reference(image: str | Path | np.ndarray | ReferenceConditions, backend: KeypointBackend | None,
+               settings: InferenceSettings, config: GenerateConfig) -> ReferenceConditions:
+    if isinstance(image, ReferenceConditions):
+        return image
+    size = None if config.height is None else (config.height, config.width)
+    name = str(image) if isinstance(image, str | Path) else "<array>"
+    array = load_image(image) if isinstance(image, str | Path) else image
+    return prepare_reference(array, backend, settings.transform, settings.buckets, size, name)
+
+
+def _plan(settings: InferenceSettings, config: GenerateConfig, wave: np.ndarray | None,
+          video: DrivingVideo | None) -> _Plan:
+    tcfg = settings.transform
+    fps, seg = tcfg.fps, config.num_frames or tcfg.num_frames
+    if wave is not None:
+        full = num_output_frames(len(wave), AUDIO_SAMPLE_RATE, fps)
+    else:  # video mode without audio: the driving video's length
+        full = max(1, round(video.count() / (video.fps or fps) * fps))
+    total = full if config.max_frames is None else max(1, min(full, config.max_frames))
+    padded = -(-total // seg) * seg
+    return _Plan(fps=fps, seg=seg, num_motion=config.num_motion or tcfg.num_motion, total=total,
+                 driving_frames=min(full, padded), transform=dataclasses.replace(tcfg, num_frames=seg))
+
+
+def _prepare(image: str | Path | np.ndarray | ReferenceConditions, audio: str | Path | np.ndarray | None,
+             settings: InferenceSettings, config: GenerateConfig, backend: KeypointBackend | None,
+             driving: str | Path | tuple[np.ndarray, float] | None) -> _Inputs:
+    """Audio, reference and driving keypoints, checked in that order (errors name the input)."""
+    wave = _conditioning_audio(audio)
+    if wave is None and config.mode != "video":
+        raise GenerateError(f"{config.mode} mode needs audio")
+    ref = _reference(image, backend, settings, config)
+    video = None
+    if config.mode != "audio":
+        if driving is None:
+            raise GenerateError("video and multimodal modes need a driving video (--driving-video)")
+        video = DrivingVideo(driving)
+    plan = _plan(settings, config, wave, video)
+    maps = None
+    if video is not None:
+        seq = driving_keypoints(video, plan.fps, plan.driving_frames, backend, settings.transform, ref,
+                                config.align_driving)
+        maps = DrivingMaps(seq, config.mode, ref, settings.transform.min_confidence)
+    return _Inputs(ref, wave, maps, plan)
+
+
+@dataclass
+class _Static:
+    """Network inputs computed once per generation."""
+
+    ref_latent: Tensor  # (1, 4, h, w)
+    skeleton: Tensor  # (1, 3, H, W) in [0, 1]
+    face: Tensor  # (1, 3, S, S) in [-1, 1]
+    hands: Tensor  # (1, 2, 3, 128, 128) in [-1, 1]
+    clarity: Tensor  # (1, F, 2)
+    box: Tensor  # (1, F, 3, H, W) fixed movement map
+
+
+def _encode_static(model: CyberHost, ref: ReferenceConditions, config: GenerateConfig, seg: int,
+                   device: torch.device) -> _Static:
+    h, w = ref.size
+    ref_latent = model.encode_images(_unit(ref.image[None], device))
+    clarity = torch.from_numpy(resolve_clarity(config.hand_clarity, ref)).to(device)
+    # absent face/hands are black crops, exactly as in training samples
+    return _Static(ref_latent=ref_latent, skeleton=_maps(ref.skeleton[None], device),
+                   face=_unit(ref.face[None], device), hands=_unit(ref.hands[None], device),
+                   clarity=clarity.view(1, 1, 2).expand(1, seg, 2),
+                   box=_maps(ref.movement_map[None, None], device).expand(1, seg, 3, h, w))
+
+
+def _ticking(denoise: Callable[[Tensor, Tensor, bool, bool], Tensor],
+             bar: tqdm) -> Callable[[Tensor, Tensor, bool, bool], Tensor]:
+    """``denoise`` that advances the progress bar once per sampling step."""
+    def ticking(x: Tensor, t: Tensor, use_ref: bool, use_audio: bool) -> Tensor:
+        if use_ref and use_audio:
+            bar.update(1)
+        return denoise(x, t, use_ref, use_audio)
+
+    return ticking
+
+
+def _next_motion(motion: Tensor, latents: Tensor, num_motion: int) -> Tensor:
+    """The last ``num_motion`` frames of what was generated so far (motion frames of the next segment)."""
+    if latents.shape[1] >= num_motion:
+        return latents[:, -num_motion:]
+    return torch.cat([motion, latents], dim=1)[:, -num_motion:]
+
+
+def _decode(model: CyberHost, latents: Tensor, n_keep: int, chunk: int, sink: Callable[[np.ndarray], None]) -> None:
+    """Decode the first ``n_keep`` frames of ``latents (1, F, 4, h, w)`` ``chunk`` at a time into ``sink``."""
+    for c in range(0, n_keep, chunk):
+        sink(_to_uint8(model.decode_latents(latents[0, c : min(c + chunk, n_keep)])))
+
+
+def _sample_segments(model: CyberHost, inputs: _Inputs, sampler: GuidedSampler, config: GenerateConfig,
+                     sink: Callable[[np.ndarray], None], bar: tqdm) -> None:
+    """The segment loop: reference net once per segment, DDIM with CFG, chunked decode into ``sink``."""
+    plan, device = inputs.plan, next(model.parameters()).device
+    generator = torch.Generator().manual_seed(config.seed)
+    static = _encode_static(model, inputs.reference, config, plan.seg, device)
+    latent_shape = static.ref_latent.shape[1:]
+    motion = static.ref_latent[:, None].expand(1, plan.num_motion, *latent_shape)  # (1, M, 4, h, w)
+    for s in range(plan.segments):
+        lo = s * plan.seg
+        bar.set_postfix(segment=f"{s + 1}/{plan.segments}")
+        feats = model.encode_reference(static.ref_latent, static.skeleton, motion if plan.num_motion else None,
+                                       static.face, static.hands)
+        movement = static.box if inputs.driving is None else _maps(inputs.driving.segment(lo, plan.seg)[None], device)
+        tokens = None if inputs.wave is None else audio_tokens(model, inputs.wave, lo, plan.transform, device)
+        if config.batch_cfg and (config.ref_scale, config.audio_scale) != (1.0, 1.0):  # 1, 1: one branch only
+            denoise = batched_cfg_denoiser(model, feats, movement, tokens, static.clarity)
+        else:
+            denoise = model.denoiser(feats, movement, tokens, static.clarity)
+        latents = sampler.sample(_ticking(denoise, bar), (1, plan.seg, *latent_shape), device, generator)
+        if plan.num_motion:
+            motion = _next_motion(motion, latents, plan.num_motion)
+        _decode(model, latents, min(plan.seg, plan.total - lo), config.decode_chunk, sink)
 
 
 @torch.inference_mode()
@@ -283,12 +441,13 @@ def generate_video(
         image: reference image file, ``(H, W, 3)`` uint8 RGB array, or prepared conditions.
         audio: audio file (anything PyAV reads), mono float32 16 kHz samples, or None (video
             mode only: the driving video's length, no audio conditioning).
-        output: mp4 to write (H.264 + the audio as AAC); None = return the frames in memory.
+        output: mp4 to write (H.264 + the input audio as AAC: a file's own rate and channels);
+            None = return the frames in memory.
         settings: what training used (clip length, fps, schedule, buckets); None = the
             model config with default transform/schedule/bucket settings.
         config: generation options.
-        backend: keypoint backend; None = MediaPipe holistic (offline).
-        driving: driving video file or ``(frames, fps)`` for the video/multimodal modes.
+        backend: keypoint backend; None = MediaPipe holistic (offline; built and closed here).
+        driving: driving video file (streamed) or ``(frames, fps)`` for the video/multimodal modes.
         frames_dir: also save every frame as PNG here.
         progress: show a tqdm bar over segments x steps.
 
@@ -296,101 +455,33 @@ def generate_video(
         What was generated (frames in memory only when ``output`` is None).
 
     Raises:
-        NoPersonError, AudioReadError, GenerateError: unusable inputs, naming them.
+        NoPersonError, AudioReadError, KeypointError, GenerateError: unusable inputs, naming them.
     """
     start = time.perf_counter()
     config = config or GenerateConfig()
     settings = settings or InferenceSettings(model=model.config)
     if model.config.stage != 2:
         raise GenerateError("audio-driven generation needs a stage-2 network")
-    tcfg = settings.transform
-    fps = tcfg.fps
-    seg = config.num_frames or tcfg.num_frames
-    seg_transform = dataclasses.replace(tcfg, num_frames=seg)
-    num_motion = config.num_motion or tcfg.num_motion
-    device = next(model.parameters()).device
-    size = None if config.height is None else (config.height, config.width)
-    if backend is None and (config.mode != "audio" or not isinstance(image, ReferenceConditions)):
+    own_backend = backend is None and (config.mode != "audio" or not isinstance(image, ReferenceConditions))
+    if own_backend:
         backend = MediaPipeHolistic(static_image_mode=True)  # only built when keypoints are needed
-
-    if isinstance(audio, str | Path):
-        wave: np.ndarray | None = load_audio(audio)
-    else:
-        wave = None if audio is None else np.asarray(audio, np.float32).reshape(-1)
-    if wave is None and config.mode != "video":
-        raise GenerateError(f"{config.mode} mode needs audio")
-    if isinstance(image, ReferenceConditions):
-        ref = image
-    else:
-        name = str(image) if isinstance(image, str | Path) else "<array>"
-        array = load_image(image) if isinstance(image, str | Path) else image
-        ref = prepare_reference(array, backend, tcfg, settings.buckets, size, name)
-
-    drive_maps = None
-    if config.mode != "audio":
-        frames, src_fps, dname = _driving(driving)
-        n_drive = round(len(frames) / (src_fps or fps) * fps)
-        total = num_output_frames(len(wave), AUDIO_SAMPLE_RATE, fps) if wave is not None else max(1, n_drive)
-        seq = driving_keypoints(frames, src_fps, fps, total, backend, tcfg, ref, dname, config.align_driving)
-        drive_maps = draw_driving_maps(seq, config.mode, ref, tcfg.min_confidence)  # (N, 3, H, W) uint8
-        del frames
-    else:
-        total = num_output_frames(len(wave), AUDIO_SAMPLE_RATE, fps)
-    if config.max_frames is not None:
-        total = max(1, min(total, config.max_frames))
-    segments = -(-total // seg)
-    h, w = ref.size
-
-    was_training = model.training
-    model.eval()
-    track = None if wave is None else wave[: round(total / fps * AUDIO_SAMPLE_RATE)]  # cut with --max-frames
-    writer = VideoWriter(output, fps, ref.size, track, AUDIO_SAMPLE_RATE, config.crf, frames_dir) if output else None
+    try:
+        inputs = _prepare(image, audio, settings, config, backend, driving)
+    finally:
+        if own_backend:
+            backend.close()
+    plan, size = inputs.plan, inputs.reference.size
+    track = output_track(audio, plan.total / plan.fps) if output else None
+    writer = VideoWriter(output, plan.fps, size, track, AUDIO_SAMPLE_RATE, config.crf, frames_dir) if output else None
     kept: list[np.ndarray] = []
     sampler = GuidedSampler(NoiseSchedule(settings.schedule).sampling_scheduler(),
                             SamplerConfig(config.steps, config.ref_scale, config.audio_scale, config.eta))
-    generator = torch.Generator().manual_seed(config.seed)
-    bar = tqdm(total=segments * config.steps, desc="generate", unit="step", disable=not progress)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=plan.segments * config.steps, desc="generate", unit="step", disable=not progress)
     try:
-        with _autocast(device, config.autocast):
-            ref_image = _unit(ref.image[None], device)  # (1, 3, H, W)
-            ref_latent = model.encode_images(ref_image)  # (1, 4, h, w)
-            skeleton = _maps(ref.skeleton[None], device)
-            # absent face/hands are black crops, exactly as in training samples
-            face, hands = _unit(ref.face[None], device), _unit(ref.hands[None], device)
-            clarity = torch.from_numpy(resolve_clarity(config.hand_clarity, ref)).to(device)
-            clarity = clarity.view(1, 1, 2).expand(1, seg, 2)  # (1, F, 2)
-            box = _maps(ref.movement_map[None, None], device).expand(1, seg, 3, h, w)
-            motion = ref_latent[:, None].expand(1, num_motion, *ref_latent.shape[1:])  # (1, M, 4, h, w)
-            for s in range(segments):
-                lo, n_keep = s * seg, min(seg, total - s * seg)
-                bar.set_postfix(segment=f"{s + 1}/{segments}")
-                feats = model.encode_reference(ref_latent, skeleton, motion if num_motion else None, face, hands)
-                if drive_maps is not None:
-                    idx = torch.arange(lo, lo + seg).clamp_max(len(drive_maps) - 1)
-                    movement = _maps(drive_maps[idx][None], device)  # (1, F, 3, H, W)
-                else:
-                    movement = box
-                seg_tokens = None if wave is None else audio_tokens(model, wave, lo, seg_transform, device)
-                if config.batch_cfg:
-                    denoise = batched_cfg_denoiser(model, feats, movement, seg_tokens, clarity)
-                else:
-                    denoise = model.denoiser(feats, movement, seg_tokens, clarity)
-
-                def ticking(x: Tensor, t: Tensor, use_ref: bool, use_audio: bool, _d=denoise) -> Tensor:
-                    if use_ref and use_audio:
-                        bar.update(1)
-                    return _d(x, t, use_ref, use_audio)
-
-                latents = sampler.sample(ticking, (1, seg, *ref_latent.shape[1:]), device, generator)
-                if num_motion:
-                    motion = latents[:, -num_motion:] if seg >= num_motion else torch.cat(
-                        [motion, latents], dim=1)[:, -num_motion:]
-                for c in range(0, n_keep, config.decode_chunk):
-                    images = _to_uint8(model.decode_latents(latents[0, c : min(c + config.decode_chunk, n_keep)]))
-                    if writer is not None:
-                        writer.write(images)
-                    else:
-                        kept.append(images)
+        with _autocast(next(model.parameters()).device, config.autocast):
+            _sample_segments(model, inputs, sampler, config, writer.write if writer else kept.append, bar)
     finally:
         bar.close()
         model.state.clear()
@@ -398,6 +489,6 @@ def generate_video(
         if writer is not None:
             writer.close()
     return GenerationResult(
-        num_frames=total, fps=fps, segments=segments, size=ref.size, path=Path(output) if output else None,
+        num_frames=plan.total, fps=plan.fps, segments=plan.segments, size=size, path=Path(output) if output else None,
         frames=np.concatenate(kept) if kept else None, seconds=time.perf_counter() - start,
     )  # fmt: skip

@@ -2,8 +2,8 @@
 
 :func:`cyberhost.evaluation.io.write_video` takes every frame at once; a 60-second 640x384
 generation is 1,500 frames (1.1 GB as uint8), so generation writes frame chunks as they leave
-the VAE and adds the audio track when the video ends. Optionally every frame is also saved
-as a PNG.
+the VAE and adds the audio track (AAC, at the input's own rate and channels) when the video
+ends. Optionally every frame is also saved as a PNG.
 """
 
 from __future__ import annotations
@@ -16,28 +16,33 @@ import av
 import cv2
 import numpy as np
 
+from cyberhost.evaluation.io import AudioTrack, encode_audio
+
 
 class VideoWriter:
-    """Write RGB frames in chunks to an mp4 (H.264 yuv420p), then mux mono AAC audio.
+    """Write RGB frames in chunks to an mp4 (H.264 yuv420p), then mux the audio as AAC.
 
     Args:
         path: output ``.mp4`` (parent folders are created).
         fps: frame rate.
         size: ``(height, width)``, both even.
-        audio: mono float32 samples in ``[-1, 1]`` to mux, or None.
-        sample_rate: rate of ``audio``.
+        audio: the track to mux (its rate and layout are kept), mono float32 samples in
+            ``[-1, 1]`` at ``sample_rate``, or None.
+        sample_rate: rate of ``audio`` when it is an array.
         crf: x264 constant rate factor.
         frames_dir: also write ``frame_000000.png``... here when given.
     """
 
-    def __init__(self, path: str | Path, fps: float, size: tuple[int, int], audio: np.ndarray | None = None,
+    def __init__(self, path: str | Path, fps: float, size: tuple[int, int], audio: AudioTrack | np.ndarray | None = None,
                  sample_rate: int = 16_000, crf: int = 18, frames_dir: str | Path | None = None) -> None:
         height, width = size
         if height % 2 or width % 2:
             raise ValueError(f"H.264 yuv420p needs an even frame size, got {width}x{height}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.size, self.audio, self.sample_rate = size, audio, sample_rate
+        if audio is not None and not isinstance(audio, AudioTrack):
+            audio = AudioTrack(np.asarray(audio, np.float32).reshape(1, -1), sample_rate, "mono")
+        self.size, self.audio = size, audio
         self.frames_dir = Path(frames_dir) if frames_dir is not None else None
         if self.frames_dir is not None:
             self.frames_dir.mkdir(parents=True, exist_ok=True)
@@ -46,7 +51,7 @@ class VideoWriter:
         self._video = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
         self._video.options = {"crf": str(crf)}
-        self._audio = (self._container.add_stream("aac", rate=sample_rate, layout="mono")
+        self._audio = (self._container.add_stream("aac", rate=audio.sample_rate, layout=audio.layout)
                        if audio is not None else None)
         self._closed = False
 
@@ -70,22 +75,9 @@ class VideoWriter:
             for packet in self._video.encode():
                 self._container.mux(packet)
             if self._audio is not None and self.audio is not None:
-                self._encode_audio(np.asarray(self.audio, np.float32))
+                encode_audio(self._container, self._audio, self.audio)
         finally:
             self._container.close()
-
-    def _encode_audio(self, audio: np.ndarray) -> None:
-        stream = self._audio
-        assert stream is not None
-        frame_size = stream.codec_context.frame_size or 1024
-        for start in range(0, len(audio), frame_size):
-            chunk = np.ascontiguousarray(audio[start : start + frame_size].reshape(1, -1))
-            frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
-            frame.sample_rate, frame.pts = self.sample_rate, start
-            for packet in stream.encode(frame):
-                self._container.mux(packet)
-        for packet in stream.encode():
-            self._container.mux(packet)
 
     def __enter__(self) -> VideoWriter:
         return self

@@ -12,6 +12,7 @@ import torch
 from cyberhost.evaluation import cli
 from cyberhost.evaluation import evaluate as evaluate_mod
 from cyberhost.evaluation.io import write_video
+from cyberhost.evaluation.pairs import VideoPair
 from cyberhost.evaluation.syncnet import SyncNetV2
 from tests.evaluation.helpers import MeanColour, TinyI3D, moving_frames, person_keypoints, save_script
 
@@ -115,3 +116,71 @@ def test_clear_errors(videos, capsys) -> None:
     assert "generated videos not found" in capsys.readouterr().err
     assert cli.main(["--output", str(videos / "o")]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
+
+
+def _strict_json(text: str) -> dict:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in metrics.json: not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_nan_metric_is_written_as_null_with_the_reason(videos) -> None:
+    config = evaluate_mod.EvalConfig(metrics=("ssim", "csim"), keypoints="mediapipe")
+    nan_embedder = lambda faces: np.full((len(faces), 4), np.nan)  # noqa: E731 - a degenerate embedder
+    evaluator = evaluate_mod.Evaluator(config, face_embedder=nan_embedder)
+    pair = VideoPair("a", videos / "gen" / "a.mp4", videos / "gt" / "a.mp4")
+    result = evaluator.run([pair])
+    result["aggregate"]["extra"] = float("inf")  # anything non-finite that reaches the writer
+    paths = evaluate_mod.write_outputs(result, videos / "out")
+    written = _strict_json(paths["json"].read_text())
+    video = written["videos"][0]
+    assert video["csim"] is None and "csim came out nan" in video["skipped"]["csim"]
+    assert written["aggregate"]["csim"] is None and "csim came out nan" in written["skipped"]["csim"]
+    assert written["aggregate"]["extra"] is None and 0 < written["aggregate"]["ssim"] <= 1
+    with paths["per_video"].open() as f:
+        row = next(csv.DictReader(f))
+    assert row["csim"] == "" and "csim came out nan" in row["skipped"]
+    with paths["aggregate"].open() as f:
+        rows = {r["metric"]: r for r in csv.DictReader(f)}
+    assert rows["extra"]["value"] == "" and rows["csim"]["value"] == ""
+
+
+def test_unwritable_output_is_a_clear_error(videos, capsys) -> None:
+    blocker = videos / "a_file"
+    blocker.write_text("not a folder")
+    argv = ["--generated", str(videos / "gen" / "a.mp4"), "--ground-truth", str(videos / "gt" / "a.mp4"),
+            "--keypoints", "none", "--metrics", "psnr", "--output", str(blocker / "out")]
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert "psnr:" in captured.out  # the numbers are printed before the write fails
+    errors = [line for line in captured.err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "cannot write the results to" in errors[0] and "Traceback" not in captured.err
+
+
+def test_rtmlib_without_model_files(videos, capsys) -> None:
+    argv = ["--generated", str(videos / "gen" / "a.mp4"), "--keypoints", "rtmlib", "--output", str(videos / "o")]
+    assert cli.main(argv) == 2
+    assert "--rtmlib-det" in capsys.readouterr().err
+
+
+def test_ground_truth_of_other_size_is_centre_cropped_then_resized(videos) -> None:
+    # the generated video shows the centre of a wider, larger ground truth: 2x the size plus 32-px side bands
+    gen = moving_frames(FRAMES, H, W, 1)
+    wide = np.repeat(np.repeat(gen, 2, axis=1), 2, axis=2)  # (F, 96, 128, 3)
+    rng = np.random.default_rng(3)
+    bands = rng.integers(0, 256, (FRAMES, 2 * H, 32, 3), dtype=np.uint8)
+    gt = np.concatenate([bands, wide, bands[:, :, ::-1]], axis=2)  # (F, 96, 192, 3): aspect 2 vs 4/3
+    write_video(videos / "gen.mp4", gen, 25, crf=0)
+    write_video(videos / "gt_wide.mp4", gt, 25, crf=0)
+    config = evaluate_mod.EvalConfig(metrics=("ssim", "psnr"), keypoints="none")
+    pair = VideoPair("w", videos / "gen.mp4", videos / "gt_wide.mp4")
+    record = evaluate_mod.Evaluator(config).evaluate_pair(pair)
+    assert record["psnr"] > 35 and record["ssim"] > 0.95  # compared with the right window
+    assert any("192x96 centre-cropped to 128x96" in n and "resized to 64x48" in n for n in record["notes"])
+    # the other protocol (resizing the whole ground truth, band included) would score far lower
+    from cyberhost.evaluation.metrics import frame_metrics, resize_frames
+
+    squashed = frame_metrics(gen, resize_frames(gt, (H, W)))
+    assert squashed["psnr"] < 25
+    assert "centre-cropped" in evaluate_mod.PROTOCOL["ground_truth_size"]

@@ -139,3 +139,18 @@ def test_fid_inception_loads_state_dict_and_torchscript(tmp_path) -> None:
     assert scripted.num_features == 7 and scripted(images).shape == (2, 7)
     with pytest.raises(FileNotFoundError, match="not found"):
         load_feature_extractor(tmp_path / "missing.pth")
+
+
+def test_ground_truth_matching_crop_boxes_and_notes() -> None:
+    from cyberhost.evaluation.metrics import centre_crop_box, match_ground_truth
+
+    assert centre_crop_box((100, 40), (48, 64)) == (35, 0, 30, 40)  # taller: top and bottom go
+    assert centre_crop_box((96, 192), (48, 64)) == (0, 32, 96, 128)  # wider: the sides go
+    assert centre_crop_box((96, 128), (48, 64)) == (0, 0, 96, 128)  # same aspect: nothing goes
+    gt = np.random.default_rng(0).integers(0, 256, (2, 96, 128, 3), dtype=np.uint8)
+    same, note = match_ground_truth(gt, (96, 128))
+    assert same is gt and note is None
+    small, note = match_ground_truth(gt, (48, 64))
+    assert small.shape == (2, 48, 64, 3) and note == "ground truth 128x96 resized to 64x48 (the generated size)"
+    crop, note = match_ground_truth(np.pad(gt, ((0, 0), (0, 0), (10, 10), (0, 0))), (96, 128))
+    assert np.array_equal(crop, gt) and "centre-cropped to 128x96" in note and "resized" not in note

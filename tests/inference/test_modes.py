@@ -9,7 +9,8 @@ import torch
 from cyberhost.data import maps
 from cyberhost.data.schema import HANDS, LEFT_SHOULDER, RIGHT_SHOULDER
 from cyberhost.inference import GenerateConfig, NoPersonError, generate_video
-from cyberhost.inference.conditions import align_to_reference, prepare_reference, source_indices
+from cyberhost.inference.conditions import prepare_reference
+from cyberhost.inference.driving import align_to_reference, source_indices
 from cyberhost.training.synthetic import make_clip
 
 from .conftest import FixedBackend, build_model, settings_for
@@ -111,3 +112,92 @@ def test_driving_video_person_missing_is_named(photo, photo_keypoints) -> None:
         generate_video(model, photo, np.zeros(1600, np.float32), None, settings=settings_for(model),
                        config=GenerateConfig(mode="video", steps=1), backend=PhotoOnly(photo_keypoints),
                        driving=(frames, 25.0), progress=False)
+
+
+class _ContentBackend(FixedBackend):
+    """Keypoints that follow a frame's content (so a decoded, lossy video still drives a moving figure)."""
+
+    def __init__(self, reference: np.ndarray, base: np.ndarray) -> None:
+        super().__init__(reference)
+        self.base = base
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        if frame.shape[0] > 200:  # the reference photo
+            return super().__call__(frame)
+        kps = self.base.copy()
+        blue = frame[..., 2].mean() - 121  # about -2..+2 over the clip
+        kps[:, 0] += 2 * blue
+        kps[HANDS, 1] += 4 * blue
+        return kps[None]
+
+
+def _whole_video_maps(path, ref, backend, transform, fps: float, total: int, mode: str) -> torch.Tensor:
+    """The previous behaviour: decode the whole driving video, detect, crop, align, draw every map."""
+    from cyberhost.data import regions
+    from cyberhost.data.transforms import choose_crop, map_points, person_box
+    from cyberhost.evaluation.io import read_video
+    from cyberhost.inference.conditions import detect_person
+    from cyberhost.inference.driving import draw_driving_maps
+
+    mc = transform.min_confidence
+    frames, src_fps = read_video(path)
+    index = source_indices(total, fps, src_fps or fps, len(frames))
+    backend.reset()
+    found = {int(j): detect_person(frames[j], backend, mc) for j in np.unique(index)}
+    seq = np.stack([found[int(j)] for j in index])
+    clip = {"keypoints": seq, "face_box": regions.face_boxes(seq, None), "hand_boxes": regions.hand_boxes(seq, None),
+            "width": frames.shape[2], "height": frames.shape[1]}
+    crop = choose_crop(frames.shape[1:3], ref.size, person_box(clip, list(range(len(seq))), mc), transform, None)
+    seq[..., :2] = map_points(seq[..., :2], crop, ref.size)
+    return draw_driving_maps(align_to_reference(seq, ref.keypoints, mc), mode, ref, mc)
+
+
+@pytest.mark.parametrize(("mode", "fps"), [("video", 30.0), ("multimodal", 60.0)])
+def test_streamed_driving_video_equals_whole_video(tmp_path, photo, photo_keypoints, monkeypatch, mode, fps) -> None:
+    # the driving video ends before the audio; at 60 fps its last frame is not one an output frame shows,
+    # yet it is the one held for the rest
+    from cyberhost.evaluation import io as eval_io
+    from cyberhost.evaluation.io import write_video
+
+    clip = make_clip("drive-0001", num_frames=14, size=(96, 80), seed=2)
+    path = tmp_path / "drive.mp4"
+    write_video(path, clip["frames"], fps)
+    model = build_model()
+    settings = settings_for(model)
+    backend = _ContentBackend(photo_keypoints, clip["keypoints"][0])
+    audio = np.zeros(round(0.72 * 16_000), np.float32)  # 18 frames: two segments; the driving video ends first
+    ref = prepare_reference(photo, backend, settings.transform, settings.buckets)
+    expected = _whole_video_maps(path, ref, backend, settings.transform, 25.0, 18, mode)  # (18, 3, H, W)
+    assert not torch.equal(expected[0], expected[8])  # the figure moves, so the comparison can fail
+    monkeypatch.setattr(eval_io, "read_video", lambda *a, **k: pytest.fail("the driving video was read whole"))
+    seen = _capture_movement(model)
+    generate_video(model, photo, audio, None, settings=settings, config=GenerateConfig(mode=mode, steps=1),
+                   backend=backend, driving=path, progress=False)
+    per_segment = [seen[0], seen[-1]]  # one sampling step: the first and the last call are segments 1 and 2
+    got = torch.cat([(m[0] * 255).round().to(torch.uint8) for m in per_segment])  # (24, 3, H, W)
+    idx = torch.arange(24).clamp_max(17)
+    assert torch.equal(got, expected[idx])
+
+
+def test_generate_closes_the_backend_it_builds(photo, photo_keypoints, monkeypatch) -> None:
+    from cyberhost.inference import pipeline
+
+    built: list[FixedBackend] = []
+
+    class Recording(FixedBackend):
+        def __init__(self, **_: object) -> None:
+            super().__init__(None, {np.ascontiguousarray(photo).tobytes(): photo_keypoints})
+            self.closed = False
+            built.append(self)
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(pipeline, "MediaPipeHolistic", Recording)
+    model = build_model()
+    generate_video(model, photo, np.zeros(1600, np.float32), None, settings=settings_for(model),
+                   config=GenerateConfig(steps=1), progress=False)
+    with pytest.raises(NoPersonError):  # closed on the error path too
+        generate_video(model, np.zeros((64, 64, 3), np.uint8), np.zeros(1600, np.float32), None,
+                       settings=settings_for(model), config=GenerateConfig(steps=1), progress=False)
+    assert len(built) == 2 and all(b.closed for b in built)
