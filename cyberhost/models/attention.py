@@ -34,8 +34,11 @@ class InjectionState:
         ref_keep: ``(B,)`` bool, False drops the reference for that sample (CFG / dropout).
         ref_mode: ``"all"``, ``"none"`` or ``"mixed"``: whether ``ref_keep`` keeps every sample,
             none or some. Decided once per forward by the model, so that the attention layers need
-            no device-to-host read of ``ref_keep`` each (and use the unmasked, fastest SDPA kernel
-            unless the batch really mixes kept and dropped samples).
+            no device-to-host read of ``ref_keep`` each.
+        ref_groups: for ``"mixed"``: (kept sample indices ``(Bk,)``, their frame indices
+            ``(Bk*F,)``, the dropped samples' frame indices, the permutation that puts
+            ``cat(kept, dropped)`` frames back in batch order), on the device. Each group then runs
+            its own unmasked SDPA: a boolean mask would rule out the flash kernel.
         motion: layer name -> motion-frame tokens ``(B, M, L, C)`` for temporal attention.
         audio: audio tokens ``(B*F, K, D)`` per frame.
         audio_keep: ``(B,)`` bool, False drops the audio for that sample.
@@ -47,6 +50,7 @@ class InjectionState:
     reference: dict[str, Tensor] | None = None
     ref_keep: Tensor | None = None
     ref_mode: str = "all"
+    ref_groups: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
     motion: dict[str, Tensor] | None = None
     audio: Tensor | None = None
     audio_keep: Tensor | None = None
@@ -57,17 +61,26 @@ class InjectionState:
         """Forget every tensor (call when no backward will follow, e.g. after sampling)."""
         self.bank = {}
         self.reference = self.motion = self.audio = None
-        self.ref_keep = self.audio_keep = None
+        self.ref_keep = self.audio_keep = self.ref_groups = None
         self.ref_mode = "all"
 
-    def set_ref_keep(self, keep: Tensor | None) -> None:
-        """Store ``keep`` and decide :attr:`ref_mode` (one host read per forward, not one per layer)."""
-        self.ref_keep = keep
+    def set_ref_keep(self, keep: Tensor | None, frames: int) -> None:
+        """Store ``keep`` (``(B,)``) and decide :attr:`ref_mode` / :attr:`ref_groups` for ``B*frames`` rows.
+
+        One device-to-host read per forward, not one per attention layer.
+        """
+        self.ref_keep, self.ref_groups, self.ref_mode = keep, None, "all"
         if keep is None:
-            self.ref_mode = "all"
-        else:
-            kept = int(keep.sum())
-            self.ref_mode = "all" if kept == keep.numel() else "none" if kept == 0 else "mixed"
+            return
+        host = keep.detach().to("cpu", torch.bool)
+        kept = int(host.sum())
+        self.ref_mode = "all" if kept == host.numel() else "none" if kept == 0 else "mixed"
+        if self.ref_mode == "mixed":
+            per = torch.arange(frames)
+            keep_s, drop_s = host.nonzero().flatten(), (~host).nonzero().flatten()
+            keep_f, drop_f = (keep_s[:, None] * frames + per).flatten(), (drop_s[:, None] * frames + per).flatten()
+            inverse = torch.argsort(torch.cat([keep_f, drop_f]))
+            self.ref_groups = tuple(t.to(keep.device, non_blocking=True) for t in (keep_s, keep_f, drop_f, inverse))
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:
@@ -147,22 +160,26 @@ class ReferenceSelfAttnProcessor:
         ref = None if self.state.reference is None else self.state.reference.get(self.name)
         if ref is None or self.state.ref_mode == "none":
             return sdpa(attn, hidden_states, hidden_states)
-        n = hidden_states.shape[0]  # B*F
-        frames = n // ref.shape[0]
-        q = _heads(attn.to_q(hidden_states), attn.heads)  # (BF, H, L, D)
-        k_self = _heads(attn.to_k(hidden_states), attn.heads)
-        v_self = _heads(attn.to_v(hidden_states), attn.heads)
-        k_ref = _heads(attn.to_k(ref), attn.heads).repeat_interleave(frames, 0)  # (BF, H, Lr, D)
-        v_ref = _heads(attn.to_v(ref), attn.heads).repeat_interleave(frames, 0)
-        k = torch.cat([k_self, k_ref], dim=2)
-        v = torch.cat([v_self, v_ref], dim=2)
-        mask = None
-        if self.state.ref_mode == "mixed":
-            keep_f = self.state.ref_keep.to(torch.bool).repeat_interleave(frames)  # (BF,)
-            mask = torch.ones(n, 1, 1, k.shape[2], dtype=torch.bool, device=q.device)
-            mask[:, :, :, k_self.shape[2]:] = keep_f.view(n, 1, 1, 1)
-        out = _merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)).to(q.dtype)
-        return attn.to_out[1](attn.to_out[0](out))
+        if self.state.ref_mode == "all":
+            return _attend_with_reference(attn, hidden_states, ref)
+        keep_s, keep_f, drop_f, inverse = self.state.ref_groups  # a batch mixing kept and dropped references
+        kept = _attend_with_reference(attn, hidden_states[keep_f], ref[keep_s])  # (Bk*F, L, C)
+        dropped = sdpa(attn, hidden_states[drop_f], hidden_states[drop_f])  # (Bd*F, L, C)
+        return torch.cat([kept, dropped])[inverse]  # (BF, L, C) in batch order
+
+
+def _attend_with_reference(attn: Attention, hidden_states: Tensor, ref: Tensor) -> Tensor:
+    """Self-attention of ``(B*F, L, C)`` frames whose K/V also hold their sample's ``(B, Lr, C)`` reference."""
+    frames = hidden_states.shape[0] // ref.shape[0]
+    q = _heads(attn.to_q(hidden_states), attn.heads)  # (BF, H, L, D)
+    k_self = _heads(attn.to_k(hidden_states), attn.heads)
+    v_self = _heads(attn.to_v(hidden_states), attn.heads)
+    k_ref = _heads(attn.to_k(ref), attn.heads).repeat_interleave(frames, 0)  # (BF, H, Lr, D)
+    v_ref = _heads(attn.to_v(ref), attn.heads).repeat_interleave(frames, 0)
+    k = torch.cat([k_self, k_ref], dim=2)  # (BF, H, L + Lr, D)
+    v = torch.cat([v_self, v_ref], dim=2)
+    out = _merge(F.scaled_dot_product_attention(q, k, v)).to(q.dtype)
+    return attn.to_out[1](attn.to_out[0](out))
 
 
 class AddedCrossAttention(nn.Module):

@@ -359,7 +359,7 @@ class CyberHost(nn.Module):
             emb = emb + self.clarity(hand_clarity).to(emb.dtype)
         state = self.state
         state.batch, state.audio_keep = b, audio_keep
-        state.set_ref_keep(ref_keep)
+        state.set_ref_keep(ref_keep, f)
         state.reference = None if reference is None else reference.spatial
         state.motion = None if reference is None else reference.motion
         state.audio = None if audio_tokens is None else audio_tokens.flatten(0, 1)  # (BF, K, D)

@@ -38,7 +38,10 @@ def test_stage2_bf16_forward_backward_matches_fp32() -> None:
         same, _ = run(model, x, ref_keep=torch.tensor([True, True], device=CUDA))
     assert got.sample.dtype == torch.bfloat16 and torch.isfinite(got.sample.float()).all()
     torch.testing.assert_close(same.sample.float(), want.sample, rtol=0.05, atol=0.05)
-    got.sample.float().square().mean().backward()
+    loss = got.sample.float().square().mean()
+    for extra in (*got.heatmaps, *got.face_masks, *got.hand_masks):
+        loss = loss + extra.float().square().mean()
+    loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 

@@ -204,3 +204,34 @@ def test_keep_all_equals_no_keep_mask() -> None:
     torch.testing.assert_close(a.sample, b.sample, rtol=0, atol=0)
     run(model, x, ref_keep=torch.tensor([True, False]))
     assert model.state.ref_mode == "mixed"
+
+
+def test_mixed_reference_batch_equals_masked_attention() -> None:
+    """Splitting a mixed batch into kept/dropped groups equals one SDPA with a boolean key mask."""
+    import torch.nn.functional as F
+    from diffusers.models.attention_processor import Attention
+
+    from cyberhost.models.attention import InjectionState, ReferenceSelfAttnProcessor
+
+    torch.manual_seed(0)
+    attn = Attention(32, heads=4, dim_head=8)
+    state = InjectionState()
+    proc = ReferenceSelfAttnProcessor(state, "layer")
+    b, f, length = 3, 2, 5
+    x, ref = torch.randn(b * f, length, 32), torch.randn(b, 7, 32)
+    keep = torch.tensor([True, False, True])
+    state.reference = {"layer": ref}
+    state.set_ref_keep(keep, f)
+    assert state.ref_mode == "mixed"
+    got = proc(attn, x)
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(t.shape[0], t.shape[1], 4, 8).transpose(1, 2)
+
+    k = torch.cat([attn.to_k(x), attn.to_k(ref).repeat_interleave(f, 0)], dim=1)
+    v = torch.cat([attn.to_v(x), attn.to_v(ref).repeat_interleave(f, 0)], dim=1)
+    mask = torch.ones(b * f, 1, 1, k.shape[1], dtype=torch.bool)
+    mask[:, :, :, length:] = keep.repeat_interleave(f).view(-1, 1, 1, 1)
+    out = F.scaled_dot_product_attention(heads(attn.to_q(x)), heads(k), heads(v), attn_mask=mask)
+    want = attn.to_out[0](out.transpose(1, 2).reshape(b * f, length, 32))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
