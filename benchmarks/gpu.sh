@@ -8,8 +8,11 @@
 #             (cyberhost.training.bench), with the eager yardstick in the same process; then the
 #             same with gradient checkpointing.
 # generate:   generation speed (25 steps) against the eager loop that re-runs the reference net.
+# profile:    (only when named) torch.profiler table of one sd15 stage-2 step.
 # strategies: `cyberhost fit` on 1 GPU with DDP and FSDP2 (stage 1) and FSDP2 (stage 2), a few
-#             steps each on synthetic shards, proving the code paths (checkpoint included).
+#             steps each on synthetic shards, proving the code paths (checkpoint included); the
+#             tiny size with bf16-mixed by default (STRATEGY_SIZE=sd15 for the real size: each sd15
+#             run then builds the network on the CPU and writes a checkpoint of 10-20 GB).
 # Everything goes to OUT_DIR/all.log (and a line per part to OUT_DIR/summary.txt), JSON rows to
 # OUT_DIR/<part>.json. Each part has a time limit (LIMIT_<PART> seconds) so one hang cannot eat the rest.
 set -uo pipefail
@@ -47,6 +50,11 @@ if want model; then
       --json "$out/model.json"
 fi
 
+if want profile; then  # where a stage-2 step spends its device time (not in the default parts)
+  part profile "${LIMIT_PROFILE:-120}" $py -m cyberhost.bench --size sd15 --device cuda --only stage2 --steps 3 \
+      --warmup 2 --profile
+fi
+
 if want generate; then
   part generate "${LIMIT_GENERATE:-300}" $py -m cyberhost.inference.bench --size sd15 --device cuda --steps 25 \
       --segments 2 --json "$out/generate.json"
@@ -56,19 +64,26 @@ if want train; then
   part train "${LIMIT_TRAIN:-300}" $py -m cyberhost.training.bench --size sd15 --device cuda --steps 15 --warmup 5 \
       --workers 8 --yardstick --output "$out/train.json"
   part train_ckpt "${LIMIT_TRAIN:-300}" $py -m cyberhost.training.bench --size sd15 --device cuda --steps 15 \
-      --warmup 5 --workers 8 --yardstick --gradient-checkpointing --output "$out/train_ckpt.json"
+      --warmup 5 --workers 8 --gradient-checkpointing --output "$out/train_ckpt.json"
 fi
 
 if want strategies; then
   data=$(mktemp -d)/clips  # 48 clips: each of the 4 loader workers fills batches of 12
   runs=$(mktemp -d)
-  $py -m cyberhost.training.synthetic --output "$data" --clips 48 --frames 24 --size 400 672 >> "$log" 2>&1
+  if [[ ${STRATEGY_SIZE:-tiny} == sd15 ]]; then
+    $py -m cyberhost.training.synthetic --output "$data" --clips 48 --frames 24 --size 400 672 >> "$log" 2>&1
+    size=(--config conf/debug/random_init.yaml)
+  else
+    $py -m cyberhost.training.synthetic --output "$data" --clips 48 --frames 24 --size 96 80 >> "$log" 2>&1
+    size=(--config conf/debug/tiny.yaml --trainer.accelerator gpu --trainer.precision bf16-mixed)
+  fi
   # no validation (val_check_interval > max_steps): one checkpoint (last) per run, removed after it
-  common=(--config conf/debug/random_init.yaml --data.init_args.train_shards "$data"
+  common=("${size[@]}" --data.init_args.train_shards "$data"
           --data.init_args.num_workers 4 --data.init_args.samples_per_epoch 100000 --data.init_args.val_batches 1
           --trainer.devices 1 --trainer.max_steps 4 --trainer.val_check_interval 1000 --trainer.log_every_n_steps 1
           --trainer.enable_progress_bar false --trainer.logger.init_args.save_dir "$runs")
   s2=(--config conf/debug/random_init_stage2.yaml)
+  [[ ${STRATEGY_SIZE:-tiny} == sd15 ]] || s2=(--config conf/debug/tiny_stage2.yaml --model.init_args.stage1_checkpoint random)
   for run in "1 ddp" "1 fsdp" "2 fsdp"; do
     set -- $run
     extra=(); [[ $1 == 2 ]] && extra=("${s2[@]}")

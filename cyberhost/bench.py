@@ -107,6 +107,20 @@ def _count_flops(step: Callable[[], None]) -> float:
     return float(counter.get_total_flops())
 
 
+def print_profile(case: str, step: Callable[[], None], device: torch.device, rows: int = 25) -> None:
+    """One step under ``torch.profiler``: the ops that take the most device time, and device vs host time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        _sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = prof.key_averages()
+    print(f"--- profile of one {case} step (top {rows} by {key})")
+    print(events.table(sort_by=key, row_limit=rows, max_name_column_width=60))
+
+
 def _set_checkpointing(module: torch.nn.Module, enabled: bool) -> None:
     if isinstance(module, CyberHost):
         module.enable_gradient_checkpointing(enabled)
@@ -247,6 +261,8 @@ def run_case(case: str, args: argparse.Namespace, peak: float, device: torch.dev
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = _time_steps(step, device, args.warmup, args.steps)
+    if args.profile:
+        print_profile(case, step, device)
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     hw_flops = _count_flops(step)  # what ran, recomputation included
     if ckpt:
@@ -286,6 +302,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--height", type=int, default=0)
     p.add_argument("--width", type=int, default=0)
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for all cases")
+    p.add_argument("--profile", action="store_true", help="also print a torch.profiler table of one step per case")
     p.add_argument("--json", default="", help="write the results here")
     args = p.parse_args(argv)
     cases = [c for c in args.only.split(",") if c] or list(CASES)

@@ -112,8 +112,9 @@ def run_stage(stage: int, args: argparse.Namespace, shards: Path, peak: float) -
     """Fit ``warmup + steps`` steps of one stage and report its throughput."""
     device = torch.device(args.device)
     precision = "bf16-mixed" if device.type == "cuda" else "32-true"
-    module, dm, frames = build(stage, args.size, shards, args.workers, args.gradient_checkpointing,
-                               args.channels_last)
+    with torch.device(device):  # random init straight on the device (building sd15 on the CPU is slow)
+        module, dm, frames = build(stage, args.size, shards, args.workers, args.gradient_checkpointing,
+                                   args.channels_last)
     flops, frozen_flops = count_flops(module, dm, device, precision)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
