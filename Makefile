@@ -50,16 +50,27 @@ samples: setup ## re-make the committed sample videos (data_prep/samples)
 prepare-data: setup ## raw videos -> clip shards: RAW=<dir> OUT=<dir> [WORKERS=N]
 	$(BIN)/python -m data_prep --input $(RAW) --output $(OUT) --workers $(WORKERS) $(ARGS)
 
-train-stage1: setup ## stage 1 (tiny on the sample data by default): [CONFIG="--config ..."] [ARGS=...]
+# The default (tiny) runs read the sample dataset and stage 2 starts from the tiny stage-1 checkpoint:
+# each is made once when missing (manifest.json is the last file data prep writes).
+SAMPLE_CLIPS := data/sample_clips
+TINY_STAGE1 := runs/stage1/tiny/checkpoints/last.ckpt
+
+$(SAMPLE_CLIPS)/manifest.json: | $(VENV)/.installed
+	$(BIN)/python -m data_prep --input data_prep/samples --output $(SAMPLE_CLIPS) --workers $(WORKERS)
+
+$(TINY_STAGE1): | $(SAMPLE_CLIPS)/manifest.json
+	$(BIN)/cyberhost fit $(STAGE1_CONFIG)
+
+train-stage1: setup $(if $(CONFIG),,$(SAMPLE_CLIPS)/manifest.json) ## stage 1 (tiny on the sample data by default): [CONFIG="--config ..."] [ARGS=...]
 	$(BIN)/cyberhost fit $(if $(CONFIG),$(CONFIG),$(STAGE1_CONFIG)) $(ARGS)
 
-train-stage2: setup ## stage 2 (tiny on the sample data by default): [CONFIG="--config ..."] [ARGS=...]
+train-stage2: setup $(if $(CONFIG),,$(TINY_STAGE1)) ## stage 2 (tiny, after tiny stage 1, by default): [CONFIG="--config ..."] [ARGS=...]
 	$(BIN)/cyberhost fit $(if $(CONFIG),$(CONFIG),$(STAGE2_CONFIG)) $(ARGS)
 
-tensorboard: setup ## serve the TensorBoard logs under RUNS=runs on 127.0.0.1
-	$(BIN)/tensorboard --logdir $(RUNS) --host 127.0.0.1
+tensorboard: setup ## serve the TensorBoard logs under RUNS=runs on 127.0.0.1:PORT (default 6006)
+	$(BIN)/tensorboard --logdir $(RUNS) --host 127.0.0.1 --port $(or $(PORT),6006)
 
-generate: setup ## image + audio -> mp4: ARGS="--image ... --audio ... --checkpoint ... --output ..."
+generate: setup ## image + audio -> mp4 (H.264 + the input audio as AAC): ARGS="--image ... --audio ... --checkpoint ... --output ..."
 	$(BIN)/cyberhost generate $(ARGS)
 
 evaluate: setup ## metrics of generated vs ground-truth videos: ARGS="--generated DIR --ground-truth DIR [--weights-dir DIR] --output DIR"

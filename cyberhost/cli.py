@@ -37,10 +37,16 @@ def main(argv: Sequence[str] | None = None) -> object:
         import importlib
 
         return importlib.import_module(OTHER_COMMANDS[args[0]]).main(args[1:])
-    return _lightning_cli(args)
+    return build_cli(args)
 
 
-def _lightning_cli(args: list[str]) -> object:
+def build_cli(args: list[str], run: bool = True) -> object:
+    """The LightningCLI of ``args`` (``fit --config ...``); ``run=False`` only instantiates (no subcommand).
+
+    LightningCLI reads ``sys.argv`` itself (and warns when it is given ``args`` as well), and
+    Lightning's DDP launcher starts the other ranks with ``sys.argv``: so ``sys.argv`` is set to
+    exactly these arguments for the call.
+    """
     from lightning.pytorch.cli import LightningCLI
 
     from cyberhost.data.datamodule import ClipDataModule
@@ -59,16 +65,23 @@ def _lightning_cli(args: list[str]) -> object:
                 }
             )
 
-    return CyberHostCLI(
-        CyberHostModule,
-        ClipDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=args,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "yaml"},
-    )
+    if not run and args and not args[0].startswith("-"):
+        args = args[1:]  # without a subcommand the parser takes the options alone
+    saved, sys.argv = sys.argv, [sys.argv[0] if sys.argv else "cyberhost", *args]
+    try:
+        return CyberHostCLI(
+            CyberHostModule,
+            ClipDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=None,
+            run=run,
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"parser_mode": "yaml"},
+        )
+    finally:
+        sys.argv = saved
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ them. :class:`ResumableLoader` records the position of each batch it hands out a
 ``state_dict``/``load_state_dict``, which Lightning stores in the checkpoint (``loops.fit_loop
 .state_dict.combined_loader``) and restores before iterating, so a resumed run sees exactly the
 batches an uninterrupted run would have seen (tested). Positions are per worker: resume with the
-same ``num_workers`` (a different number restarts the streams with a warning). With DDP the
-checkpoint holds rank 0's positions; ranks advance in lockstep, so they are every rank's
-positions up to shard-length differences.
+same ``num_workers`` (a different number restarts the streams with a warning). With several
+ranks, ``state_dict`` gathers every rank's positions (``all_gather_object``; Lightning calls it on
+all ranks when it saves) and each rank restores its own, so uneven shards do not shift the data of
+the other ranks; resume with the same number of ranks (else the streams restart, with a warning).
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ _INFO_KEYS = ("_worker", "_pass", "_count")
 # ----------------------------------------------------------------------------- shard sources
 
 
+def is_remote(spec: str | list[str]) -> bool:
+    """Whether a shard spec names URLs (``scheme://`` or ``pipe:``) rather than local files."""
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    return any("://" in str(s) or str(s).startswith("pipe:") for s in specs)
+
+
 def resolve_shards(spec: str | list[str]) -> list[str]:
     """Shard locations from a folder, a tar, a list, or a URL / brace pattern (``shard-{000..009}.tar``).
 
@@ -61,7 +68,7 @@ def resolve_shards(spec: str | list[str]) -> list[str]:
     """
     if isinstance(spec, list | tuple):
         return [str(s) for s in spec]
-    if "://" in spec or spec.startswith("pipe:"):
+    if is_remote(spec):
         from webdataset.shardlists import expand_urls
 
         return expand_urls(spec)
@@ -129,7 +136,7 @@ class StreamConfig:
     stage: int
     batch_size: int
     seed: int = 0
-    shuffle_buffer: int = 32
+    shuffle_buffer: int = 256
     train: bool = True
     buckets: BucketConfig = field(default_factory=BucketConfig)
     transform: TransformConfig = field(default_factory=TransformConfig)
@@ -302,8 +309,8 @@ class ResumableLoader(DataLoader):
                 queues.setdefault(int(batch["_worker"]), []).append(batch)
             yield queues[want].pop(0)
 
-    def state_dict(self) -> dict[str, Any]:
-        """Position of every worker stream and of the epoch (saved in Lightning checkpoints)."""
+    def local_state(self) -> dict[str, Any]:
+        """Position of this rank's worker streams and of the epoch."""
         return {
             "positions": {int(k): list(v) for k, v in self.positions.items()},
             "in_epoch": self.in_epoch,
@@ -311,8 +318,39 @@ class ResumableLoader(DataLoader):
             "num_workers": self.num_workers,
         }
 
+    def _rank(self) -> tuple[int, int]:
+        return int(getattr(self.dataset, "rank", 0)), int(getattr(self.dataset, "world_size", 1))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Positions of every rank (saved in Lightning checkpoints): this rank's at the top, all in ``ranks``.
+
+        A collective under ``torch.distributed`` with several ranks: every rank must call it (Lightning
+        builds the checkpoint on all ranks).
+        """
+        state = self.local_state()
+        rank, world = self._rank()
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, {"rank": rank, **state})
+            state["ranks"] = sorted(gathered, key=lambda s: s["rank"])
+            state["world_size"] = world
+        return state
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a saved position."""
+        """Continue from a saved position (this rank's entry of ``ranks`` when several ranks saved)."""
+        rank, world = self._rank()
+        if "ranks" in state:
+            mine = [s for s in state["ranks"] if int(s["rank"]) == rank]
+            if int(state.get("world_size", len(state["ranks"]))) != world or not mine:
+                log.warning("data position saved by %s ranks, now %s: streams restart from their beginning",
+                            state.get("world_size", len(state["ranks"])), world)
+                self.in_epoch = int(state.get("in_epoch", 0))
+                self.positions, self.next_worker = {}, 0
+                return
+            state = mine[0]
+        elif world > 1 and state.get("positions"):
+            log.warning("data position saved without per-rank entries (older checkpoint): rank %d continues from "
+                        "rank 0's position", rank)
         self.in_epoch = int(state.get("in_epoch", 0))
         if int(state.get("num_workers", self.num_workers)) != self.num_workers:
             log.warning("data position saved with %s workers, now %s: streams restart from their beginning",
@@ -336,9 +374,11 @@ class ClipDataModule(L.LightningDataModule):
         val_batch_size: validation samples per batch (None = ``batch_size``).
         val_batches: validation batches per rank (fixed so every rank runs the same number).
         num_workers: loader worker processes per rank.
-        shuffle_buffer: raw clips held for shuffling per worker.
+        shuffle_buffer: raw clips held for shuffling per worker (memory: about this many encoded clips
+            per worker; a real clip is a few MB). Shards are also shuffled, per pass.
         seed: seed of shuffling and of all sample randomness.
-        samples_per_epoch: samples of one epoch over all ranks; None = the clips counted in local shards.
+        samples_per_epoch: samples of one epoch over all ranks; None = the clips counted in local shards
+            (required for URL / ``pipe:`` shards, whose size is unknown).
         pin_memory: pin batches for faster host-to-GPU copies.
         prefetch_factor: batches each worker prepares ahead.
         buckets: training resolutions.
@@ -355,7 +395,7 @@ class ClipDataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
         val_batches: int = 1,
         num_workers: int = 4,
-        shuffle_buffer: int = 32,
+        shuffle_buffer: int = 256,
         seed: int = 0,
         samples_per_epoch: int | None = None,
         pin_memory: bool = True,
@@ -368,6 +408,13 @@ class ClipDataModule(L.LightningDataModule):
             raise ValueError("batch_size must be >= 1, val_batches and num_workers >= 0")
         if samples_per_epoch is not None and samples_per_epoch < 1:
             raise ValueError(f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
+        if samples_per_epoch is None and is_remote(train_shards):
+            raise ValueError(
+                f"data.init_args.samples_per_epoch must be set for URL shards ({train_shards!r}): their clip count "
+                "is unknown here (the manifest.json of the data_prep run gives it)"
+            )
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
         self.train_shards, self.val_shards = train_shards, val_shards
         self.batch_size, self.val_batch_size, self.val_batches = batch_size, val_batch_size or batch_size, val_batches
         self.num_workers, self.shuffle_buffer, self.seed = num_workers, shuffle_buffer, seed
@@ -404,7 +451,7 @@ class ClipDataModule(L.LightningDataModule):
         loader = ResumableLoader(self._stream(shards, True, self.batch_size), self.batches_per_epoch(shards),
                                  **self._loader_kwargs(self.num_workers))
         if self._train_loader is not None:  # a reload keeps the position
-            loader.load_state_dict(self._train_loader.state_dict())
+            loader.load_state_dict(self._train_loader.local_state())
         self._train_loader = loader
         return loader
 

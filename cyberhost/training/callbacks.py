@@ -5,7 +5,7 @@ Sampling and visualisation live here, never in ``training_step`` (STYLE.md #5).
 
 from __future__ import annotations
 
-import importlib.util
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -28,43 +28,68 @@ def run_dir(trainer: L.Trainer) -> Path:
 class ThroughputMonitor(L.Callback):
     """Logs samples/s, frames/s, the fraction of step time spent waiting for data, and GPU memory.
 
+    Rates are averaged over the ``log_every_n_steps`` steps since the last log. The GPU is
+    synchronised only on logging steps (a per-step ``synchronize`` would stall the CPU's queue of
+    kernels), so the window's wall time is exact; the data-wait share is the host time spent
+    between a step's end and the next batch's arrival.
+
     Args:
         log_every_n_steps: logging interval in optimizer steps.
     """
 
     def __init__(self, log_every_n_steps: int = 10) -> None:
         self.every = max(1, log_every_n_steps)
+        self._window: float | None = None
         self._end: float | None = None
-        self._start = 0.0
-        self._wait = self._busy = 0.0
-        self._samples = self._frames = 0
+        self._wait = 0.0
+        self._samples = self._frames = self._steps = 0
+        self._logged_step = -1
+        self._val_start = 0.0
+
+    @staticmethod
+    def _sync(pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._start = time.perf_counter()
+        now = time.perf_counter()
         if self._end is not None:
-            self._wait += self._start - self._end
+            self._wait += now - self._end
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if torch.cuda.is_available() and pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-        now = time.perf_counter()
-        self._busy += now - self._start
         b, f = batch["target"].shape[:2]
-        self._samples += b
-        self._frames += b * f
-        if self._end is not None and trainer.global_step % self.every == 0:
-            total = self._wait + self._busy
+        if self._window is None:  # the first step (start-up, compilation) is not measured
+            self._sync(pl_module)
+            self._window = self._end = time.perf_counter()
+            return
+        self._samples, self._frames, self._steps = self._samples + b, self._frames + b * f, self._steps + 1
+        if trainer.global_step % self.every == 0 and trainer.global_step != self._logged_step:
+            self._logged_step = trainer.global_step
+            self._sync(pl_module)
+            now = time.perf_counter()
+            total = max(now - self._window, 1e-9)
             logs = {
                 "perf/samples_per_s": self._samples / total, "perf/frames_per_s": self._frames / total,
-                "perf/data_wait_fraction": self._wait / total, "perf/step_s": total / max(1, self._samples / b),
+                "perf/data_wait_fraction": min(1.0, self._wait / total), "perf/step_s": total / self._steps,
             }  # fmt: skip
             if pl_module.device.type == "cuda":
                 logs["perf/gpu_mem_gib"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
             pl_module.log_dict(logs, rank_zero_only=True)
-            self._wait = self._busy = 0.0
-            self._samples = self._frames = 0
+            self._wait, self._samples, self._frames, self._steps = 0.0, 0, 0, 0
+            self._window = time.perf_counter()
         self._end = time.perf_counter()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Leave validation out of the window (and out of the data wait)."""
+        spent = time.perf_counter() - self._val_start
+        if self._window is not None:
+            self._window += spent
+        if self._end is not None:
+            self._end += spent
 
 
 def _grid(rows: list[Tensor]) -> np.ndarray:
@@ -93,8 +118,8 @@ class ValidationSamples(L.Callback):
     """At validation (every ``every_n_steps``; 0 = every validation): sample the first validation batch and log
     reference | generated | ground truth.
 
-    The grid goes to TensorBoard (first frame as an image, all frames as a video) and to
-    ``<run dir>/samples/step_<N>.mp4``. Under DDP only rank 0 samples; sharded strategies
+    The grid goes to TensorBoard (``val/samples``: the first frame; ``val/samples_video``: all
+    frames as an animated GIF, shown in the Images tab) and to ``<run dir>/samples/step_<N>.mp4``. Under DDP only rank 0 samples; sharded strategies
     (FSDP) need every rank in the forward, so all sample and rank 0 writes.
 
     Args:
@@ -151,9 +176,28 @@ class ValidationSamples(L.Callback):
         exp = getattr(trainer.logger, "experiment", None)
         if exp is not None and hasattr(exp, "add_image"):
             exp.add_image("val/samples", video[0], step, dataformats="HWC")
-            if video.shape[0] > 1 and importlib.util.find_spec("moviepy") is not None:  # TensorBoard videos need it
-                exp.add_video("val/samples_video", torch.from_numpy(video).permute(0, 3, 1, 2)[None], step,
-                              fps=int(self.fps))
+            if video.shape[0] > 1 and hasattr(exp, "_get_file_writer"):
+                exp._get_file_writer().add_summary(gif_summary("val/samples_video", video, self.fps), step)
+
+
+def encode_gif(video: np.ndarray, fps: float) -> bytes:
+    """``(F, H, W, 3)`` uint8 -> an endlessly looping animated GIF (Pillow)."""
+    from PIL import Image
+
+    frames = [Image.fromarray(np.ascontiguousarray(f)) for f in video]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
+    return buf.getvalue()
+
+
+def gif_summary(tag: str, video: np.ndarray, fps: float) -> Any:
+    """A TensorBoard image summary holding an animated GIF: what ``SummaryWriter.add_video`` writes,
+    without its moviepy dependency. TensorBoard's Images tab plays it."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    image = Summary.Image(height=video.shape[1], width=video.shape[2], colorspace=3,
+                          encoded_image_string=encode_gif(video, fps))
+    return Summary(value=[Summary.Value(tag=tag, image=image)])
 
 
 class SafetensorsExport(L.Callback):

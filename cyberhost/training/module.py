@@ -65,11 +65,16 @@ class OptimConfig:
 
 @dataclass
 class ParamGroups:
-    """Which parameters train (applied on top of the network's own stage defaults).
+    """Which parameters train: regexes over parameter names (``re.search``), e.g. ``"^unet\\."``.
+
+    The patterns choose among the parameters the network lets train: the pretrained VAE, wav2vec2
+    and ArcFace, the reference net's unused tail, and in stage 2 with ``model.stage2_trainable:
+    added`` the stage-1 parts, always stay frozen. ``conf/stage1.yaml`` and ``conf/stage2.yaml``
+    list the groups of each stage; a pattern that matches no parameter is an error (a typo).
 
     Attributes:
-        trainable: regexes of parameter names to train; empty = the network's defaults.
-        frozen: regexes of parameter names to freeze (wins over ``trainable``).
+        trainable: patterns of the parameters to train; None = every parameter the network lets train.
+        frozen: patterns of parameters to freeze (wins over ``trainable``).
     """
 
     trainable: list[str] | None = None
@@ -106,6 +111,17 @@ def fsdp_units(model: CyberHost) -> list[nn.Module]:
 def _full(t: Tensor) -> Tensor:
     """A DTensor's full value (a plain tensor is returned as is)."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _graph_anchor(reference: Any) -> Tensor:
+    """Sum of the reference features: weighted by 0, it keeps the reference net in the autograd graph.
+
+    When every sample of a batch drops the reference (CFG dropout), the denoiser never reads the
+    reference net's features; without this term those parameters would get no gradient on that
+    rank, and DDP without ``find_unused_parameters`` would fail (``conf/trainer/ddp.yaml``).
+    """
+    tensors = [*reference.spatial.values(), *(reference.motion or {}).values(), reference.face_id, reference.hand_id]
+    return sum(t.float().mean() for t in tensors if t is not None and t.requires_grad)
 
 
 def to_pixels(batch: dict[str, Tensor], size: tuple[int, int]) -> dict[str, Tensor]:
@@ -171,14 +187,29 @@ class CyberHostModule(L.LightningModule):
 
     # ---------------------------------------------------------------- parameters
     def _apply_param_groups(self) -> None:
-        frozen_parts = {id(p) for m in self.model.frozen_modules() for p in m.parameters()}
-        for name, p in self.model.named_parameters():
-            if id(p) in frozen_parts:
-                continue
-            if self.params.trainable:
-                p.requires_grad_(any(re.search(pat, name) for pat in self.params.trainable))
+        """Set ``requires_grad`` from ``params`` (see :class:`ParamGroups`); errors name the pattern."""
+        named = dict(self.model.named_parameters())
+        allowed = {n for n, p in named.items() if p.requires_grad}  # what the network lets train
+        pretrained = {id(p) for m in self.model.frozen_modules() for p in m.parameters()}
+        for key, patterns in (("trainable", self.params.trainable), ("frozen", self.params.frozen)):
+            for pat in patterns or []:
+                hits = [n for n in named if re.search(pat, n)]
+                if not hits:
+                    raise ValueError(f"model.params.{key} pattern {pat!r} matches no parameter of the stage-{self.stage} "
+                                     f"network (names look like {next(iter(named))!r})")
+                own = [n for n in hits if id(named[n]) not in pretrained]
+                if key == "trainable" and own and not any(n in allowed for n in own):
+                    raise ValueError(
+                        f"model.params.trainable pattern {pat!r} matches only parameters the network keeps frozen "
+                        f"(e.g. {own[0]!r}); in stage 2 set model.stage2_trainable: all to train stage-1 parts"
+                    )
+        for name, p in named.items():
+            train = name in allowed
+            if self.params.trainable is not None:
+                train = train and any(re.search(pat, name) for pat in self.params.trainable)
             if self.params.frozen and any(re.search(pat, name) for pat in self.params.frozen):
-                p.requires_grad_(False)
+                train = False
+            p.requires_grad_(train)
         if not any(p.requires_grad for p in self.model.parameters()):
             raise ValueError("no trainable parameters: check model.params.trainable / frozen patterns")
 
@@ -189,7 +220,8 @@ class CyberHostModule(L.LightningModule):
             part = name.split(".")[0]
             row = rows.setdefault(part, [0, 0])
             row[0 if p.requires_grad else 1] += p.numel()
-        lines = [f"{'part':<20} {'trainable':>14} {'frozen':>14}"]
+        lines = [f"trainable patterns: {self.params.trainable}; frozen patterns: {self.params.frozen}",
+                 f"{'part':<20} {'trainable':>14} {'frozen':>14}"]
         for part, (t, f) in rows.items():
             lines.append(f"{part:<20} {t:>14,} {f:>14,}")
         tt, ff = sum(r[0] for r in rows.values()), sum(r[1] for r in rows.values())
@@ -197,7 +229,8 @@ class CyberHostModule(L.LightningModule):
         return "\n".join(lines)
 
     def on_fit_start(self) -> None:
-        """Print the parameter table once."""
+        """Print the parameter table once; move restored EMA weights to the parameters' device."""
+        self._ema_follow_parameters()
         if self.trainer.is_global_zero:
             print(f"stage-{self.stage} parameters:\n{self.param_table()}", flush=True)
 
@@ -222,12 +255,23 @@ class CyberHostModule(L.LightningModule):
         self._sharded = True
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW over the trainable parameters, linear warm-up then constant."""
+        """AdamW over the trainable parameters, linear warm-up then constant.
+
+        On CUDA the fused kernel (one launch per step) unless a gradient scaler is in use (fp16,
+        which fused AdamW would unscale after our clipping); under FSDP2 the sharded (DTensor) and
+        replicated parameters form separate groups, since one foreach kernel cannot mix them.
+        """
         o = self.optim
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        # fused kernels on CUDA (one launch per step); FSDP2's DTensor parameters keep the default
-        fused = all(p.is_cuda for p in trainable) and not getattr(self, "_sharded", False)
-        opt = torch.optim.AdamW(trainable, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
+        sharded = getattr(self, "_sharded", False)
+        scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
+        fused = all(p.is_cuda for p in trainable) and not sharded and scaler is None
+        groups: list[dict[str, Any]] = [{"params": trainable}]
+        if sharded:
+            dtensor = [p for p in trainable if type(p).__name__ == "DTensor"]
+            plain = [p for p in trainable if type(p).__name__ != "DTensor"]
+            groups = [{"params": g} for g in (dtensor, plain) if g]
+        opt = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
                                 fused=fused or None)
         warm = max(1, o.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
@@ -276,10 +320,15 @@ class CyberHostModule(L.LightningModule):
         t = self.schedule.sample_timesteps(x0.shape[0], x0.device, generator=gen)
         noise = torch.randn(x0.shape, generator=gen).to(x0)
         noisy = self.schedule.add_noise(x0, noise, t)
-        out = self.model(noisy, t, **self.conditions(batch, latents, size))
+        cond = self.conditions(batch, latents, size)
+        out = self.model(noisy, t, **cond)
         terms = cyberhost_losses(out.sample, self.schedule.target(x0, noise, t), t, self.loss_config,
                                  generator=gen, **self.loss_targets(batch, out, size))
-        return terms["loss"], terms
+        loss = terms["loss"]
+        keep = cond.get("ref_keep")
+        if keep is not None and torch.is_grad_enabled() and not bool(keep.any()):
+            loss = loss + 0.0 * _graph_anchor(cond["reference"])
+        return loss, terms
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         """Step with the NaN/Inf guard: a non-finite loss on any rank skips the step on all ranks."""
@@ -310,57 +359,106 @@ class CyberHostModule(L.LightningModule):
         return logs["loss"]
 
     # ---------------------------------------------------------------- monitoring, EMA
+    def _fsdp1_root(self) -> nn.Module | None:
+        """The root ``FullyShardedDataParallel`` module under FSDP v1 (``conf/trainer/fsdp1.yaml``), else None."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        model = getattr(self._trainer, "strategy", None) and self.trainer.strategy.model
+        return model if isinstance(model, FullyShardedDataParallel) else None
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Average the gradients of replicated parameters under FSDP2; log the global gradient norm."""
-        if getattr(self, "_sharded", False) and torch.distributed.is_initialized():
+        sharded = getattr(self, "_sharded", False)
+        if sharded and torch.distributed.is_initialized():
             for p in self.model.parameters():
                 if p.grad is not None and type(p).__name__ != "DTensor":
                     torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
         grads = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
         if not grads:
             return
-        if getattr(self, "_sharded", False):
+        if sharded:
             total = torch.linalg.vector_norm(torch.stack([_full(g.norm(2).float()) for g in grads]))
+        elif self._fsdp1_root() is not None:  # each rank holds a shard of every gradient
+            square = torch.stack([g.float().square().sum() for g in grads]).sum()
+            if torch.distributed.is_initialized():
+                torch.distributed.all_reduce(square)
+            total = square.sqrt()
         else:
             total = torch.nn.utils.get_total_norm(grads, foreach=True)  # a few fused kernels, no per-tensor loop
         self.log("train/grad_norm", total, rank_zero_only=True)
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
-        """Lightning's clipping, except under FSDP2 where sharded and replicated gradients mix (norm clipping only)."""
-        if not getattr(self, "_sharded", False):
-            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        """Clip gradients where Lightning's own clipping cannot.
+
+        * FSDP2: sharded and replicated gradients mix (norm clipping only).
+        * FSDP v1: norm clipping through the root module's ``clip_grad_norm_`` (Lightning refuses it).
+        * fused AdamW (CUDA, no gradient scaler): Lightning refuses to clip for it, assuming it unscales;
+          without a scaler there is nothing to unscale, so clip here.
+        * otherwise: Lightning's clipping.
+        """
         if not gradient_clip_val:
             return None
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        total = torch.sqrt(sum(_full(g.detach().float().norm(2)) ** 2 for g in grads))
-        coef = torch.clamp(gradient_clip_val / (total + 1e-6), max=1.0)
-        for g in grads:
-            g.mul_(coef)
+        by_value = gradient_clip_algorithm == "value"
+        root = self._fsdp1_root()
+        if getattr(self, "_sharded", False):
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            total = torch.sqrt(sum(_full(g.detach().float().norm(2)) ** 2 for g in grads))
+            coef = torch.clamp(gradient_clip_val / (total + 1e-6), max=1.0)
+            for g in grads:
+                g.mul_(coef)
+        elif root is not None and not by_value:
+            root.clip_grad_norm_(gradient_clip_val)
+        elif any(group.get("fused") for group in optimizer.param_groups):
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            if by_value:
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val, foreach=True)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         return None
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Update the EMA weights."""
+        """Update the EMA weights (one fused ``lerp`` over all of them)."""
         if self.optim.ema_decay is None:
             return
         named = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         if self.ema is None:
             self.ema = {n: p.detach().clone() for n, p in named.items()}
             return
-        d = self.optim.ema_decay
+        if self.ema.keys() != named.keys():
+            raise ValueError("the EMA weights (from the checkpoint) do not match the trainable parameters: "
+                             "resume with the same model.params and model.stage2_trainable")
+        self._ema_follow_parameters()
         with torch.no_grad():
-            for n, p in named.items():
-                self.ema[n].lerp_(p.detach(), 1 - d)
+            torch._foreach_lerp_(list(self.ema.values()), [p.detach() for p in named.values()], 1 - self.optim.ema_decay)
+
+    def _ema_follow_parameters(self) -> None:
+        """Keep each EMA tensor on its parameter's device.
+
+        Lightning restores a checkpoint (:meth:`on_load_checkpoint`) before it moves the module to
+        the GPU, so restored EMA weights start on the CPU.
+        """
+        if not self.ema:
+            return
+        params = dict(self.model.named_parameters())
+        for name, value in self.ema.items():
+            p = params.get(name)
+            if p is not None and value.device != p.device:
+                self.ema[name] = value.to(p.device)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store EMA weights and the guard counter."""
+        """Store the EMA weights and the NaN/Inf guard's count of consecutive skipped steps."""
         if self.ema is not None:
-            checkpoint["ema"] = {k: v.cpu() for k, v in self.ema.items()}
+            checkpoint["ema"] = {k: v.detach().cpu() for k, v in self.ema.items()}
+        checkpoint["nonfinite_streak"] = self._bad_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore EMA weights."""
+        """Restore the EMA weights (moved to the parameters' device at fit start) and the guard's count."""
         if "ema" in checkpoint:
-            self.ema = {k: v.to(self.device) for k, v in checkpoint["ema"].items()}
+            self.ema = {k: v.clone() for k, v in checkpoint["ema"].items()}
+        self._bad_steps = int(checkpoint.get("nonfinite_streak", 0))
 
     def config_tree(self) -> dict[str, Any]:
         """Plain-dict settings of this run (stored in safetensors exports for generation)."""

@@ -2,7 +2,7 @@
 
 DDP is Lightning's own ``DDPStrategy`` (``conf/trainer/ddp.yaml``); FSDP2 is Lightning's
 ``ModelParallelStrategy`` with ``CyberHostModule.configure_model`` applying ``fully_shard``
-(``conf/trainer/fsdp2.yaml``). :class:`BlockFSDPStrategy` is FSDP v1 (GPU only) with the UNet
+(``conf/trainer/fsdp.yaml``). :class:`BlockFSDPStrategy` is FSDP v1 (GPU only, ``conf/trainer/fsdp1.yaml``) with the UNet
 blocks of both stages as the auto-wrap units, so a YAML file need not list classes.
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,18 @@ def _stage1_ckpt(runs: Path) -> Path:
     return runs / "stage1" / "tiny" / "checkpoints" / "last.ckpt"
 
 
+def _gif_frames(run_dir: Path) -> int:
+    """Frames of the last ``val/samples_video`` GIF in the event files under ``run_dir``."""
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = run_dir.rglob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events), size_guidance={"images": 0})
+    acc.Reload()
+    gif = Image.open(io.BytesIO(acc.Images("val/samples_video")[-1].encoded_image_string))
+    return gif.n_frames if gif.format == "GIF" else 0
+
+
 def test_stage1_then_stage2_hand_off(shards: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     cli.main(tiny_args(1, shards, runs, 4))
@@ -26,11 +39,12 @@ def test_stage1_then_stage2_hand_off(shards: Path, tmp_path: Path) -> None:
     losses = scalars(runs / "stage1", "train/loss")
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(v)) for _, v in losses)
     out = cli.main(tiny_args(2, shards, runs, 2, "--model.init_args.stage1_checkpoint", str(ckpt)))
-    stage1 = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    stage1 = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     ref = out.model.model.reference_net.state_dict()  # frozen in stage 2: still the stage-1 weights
     assert all(torch.equal(v, stage1[f"model.reference_net.{k}"]) for k, v in ref.items())
     assert (runs / "stage2" / "tiny" / "checkpoints" / "last.ckpt").is_file()
     assert scalars(runs / "stage2", "train/loss_heatmap")
+    assert _gif_frames(runs / "stage2") == 8  # the tiny stage-2 clip's frames, as an animated GIF
 
 
 def test_stage2_from_safetensors_export(shards: Path, tmp_path: Path) -> None:
@@ -41,16 +55,25 @@ def test_stage2_from_safetensors_export(shards: Path, tmp_path: Path) -> None:
     assert out.trainer.global_step == 1
 
 
-def test_resume_reproduces_losses(shards: Path, tmp_path: Path) -> None:
-    """Stop at step 4 (mid-epoch), resume from last.ckpt to step 8: same losses as one run to step 8, bitwise."""
+def test_resume_reproduces_losses_and_ema(shards: Path, tmp_path: Path) -> None:
+    """Stop at step 4 (mid-epoch), resume from last.ckpt to step 8: the same losses and EMA weights as one
+    run to step 8, bitwise (the EMA is restored exactly, not restarted)."""
     full, part = tmp_path / "full", tmp_path / "part"
-    cli.main(tiny_args(1, shards, full, 8, "--trainer.val_check_interval", "4"))
-    cli.main(tiny_args(1, shards, part, 4, "--trainer.val_check_interval", "4"))
+    ema = ("--model.init_args.optim.ema_decay", "0.5")
+    want_run = cli.main(tiny_args(1, shards, full, 8, "--trainer.val_check_interval", "4", *ema))
+    cli.main(tiny_args(1, shards, part, 4, "--trainer.val_check_interval", "4", *ema))
     ckpt = _stage1_ckpt(part)
-    cli.main(tiny_args(1, shards, part, 8, "--trainer.val_check_interval", "4", "--ckpt_path", str(ckpt)))
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert saved["ema"] and saved["nonfinite_streak"] == 0
+    got_run = cli.main(tiny_args(1, shards, part, 8, "--trainer.val_check_interval", "4", "--ckpt_path", str(ckpt),
+                                 *ema))
     want, got = scalars(full / "stage1", "train/loss"), scalars(part / "stage1", "train/loss")
     assert [s for s, _ in want] == list(range(8)) or len(want) == 8
     assert want == got
+    want_ema, got_ema = want_run.model.ema, got_run.model.ema
+    assert want_ema.keys() == got_ema.keys() and all(torch.equal(want_ema[k], got_ema[k]) for k in want_ema)
+    moved = [k for k in want_ema if not torch.equal(want_ema[k], saved["ema"][k])]
+    assert moved  # the EMA kept moving after the resume
 
 
 def test_nan_guard_stops_with_clear_error(shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,3 +107,20 @@ def test_bad_config_fails_early_naming_the_key(
         cli.main(tiny_args(stage, shards, tmp_path / "runs", 2, *extra))
     assert key in capsys.readouterr().err + str(err.value)
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("from_argv", [True, False])
+def test_cli_passes_its_arguments_without_lightning_warning(monkeypatch: pytest.MonkeyPatch, from_argv: bool) -> None:
+    import sys
+    import warnings
+
+    from tests.training.conftest import CONF
+
+    args = ["fit", "--config", str(CONF / "stage1.yaml"), "--print_config"]
+    monkeypatch.setattr(sys, "argv", ["cyberhost", *args] if from_argv else ["pytest", "-q", "tests"])
+    before = list(sys.argv)
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(SystemExit):
+        warnings.simplefilter("always")
+        cli.main(None if from_argv else args)
+    assert not [w for w in caught if "sys.argv" in str(w.message)], [str(w.message) for w in caught]
+    assert sys.argv == before  # restored

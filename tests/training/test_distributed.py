@@ -2,23 +2,63 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.training.conftest import CONF, ROOT, scalars, tiny_args
 
 
-@pytest.mark.parametrize("overlay", ["ddp.yaml", "fsdp2.yaml"])
-def test_two_process_cpu_run(shards: Path, tmp_path: Path, overlay: str) -> None:
-    args = tiny_args(1, shards, tmp_path, 2, "--config", str(CONF / "trainer" / overlay), "--trainer.devices", "2")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "cyberhost.cli", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=240)
+def _fit(args: list[str], cwd: Path, **env: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env}
+    proc = subprocess.run([sys.executable, "-m", "cyberhost.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("overlay", ["ddp.yaml", "fsdp.yaml"])
+def test_two_process_cpu_run(shards: Path, tmp_path: Path, overlay: str) -> None:
+    """ddp.yaml runs without find_unused_parameters; fsdp.yaml's folder checkpoint feeds stage 2 like the export."""
+    _fit(tiny_args(1, shards, tmp_path, 2, "--config", str(CONF / "trainer" / overlay), "--trainer.devices", "2"),
+         tmp_path)
     assert len(scalars(tmp_path / "stage1", "train/loss")) == 2
-    assert (tmp_path / "stage1" / "tiny" / "checkpoints" / "last.ckpt").exists()
-    assert (tmp_path / "stage1" / "tiny" / "export" / "last.safetensors").is_file()
+    ckpt = tmp_path / "stage1" / "tiny" / "checkpoints" / "last.ckpt"
+    export = tmp_path / "stage1" / "tiny" / "export" / "last.safetensors"
+    assert ckpt.exists() and export.is_file()
+    if overlay == "fsdp.yaml":
+        from safetensors.torch import load_file
+
+        from cyberhost.training.checkpoints import load_network_weights
+
+        assert ckpt.is_dir()
+        weights, exported = load_network_weights(ckpt, "stage1_checkpoint"), load_file(str(export))
+        assert exported.keys() <= weights.keys()
+        assert all(torch.equal(weights[k], v) for k, v in exported.items())
+
+
+@pytest.mark.slow
+def test_ddp_mid_epoch_resume_gives_each_rank_its_batches(tmp_path: Path) -> None:
+    """2 DDP ranks on uneven shards: stop at step 3, resume to 6; every rank sees the batches of one run to 6."""
+    from tests.data.test_datamodule import _uneven_shards
+
+    shards = _uneven_shards(tmp_path / "uneven", (2, 8))  # one shard per rank: 1 and 4 batches per pass
+    recorder = ["--trainer.callbacks+=tests.training.recorder.BatchRecorder"]
+    ddp = ["--config", str(CONF / "trainer" / "ddp.yaml"), "--trainer.devices", "2",
+           "--data.init_args.batch_size", "2", "--data.init_args.samples_per_epoch", "100"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    for runs, steps, extra in ((full, 6, []), (part, 3, []),
+                               (part, 6, ["--ckpt_path", str(part / "stage1" / "tiny" / "checkpoints" / "last.ckpt")])):
+        _fit(tiny_args(1, shards, runs, steps, *ddp, *recorder, "--trainer.val_check_interval", "3", *extra),
+             tmp_path, BATCH_LOG=str(runs))
+    ckpt = torch.load(part / "stage1" / "tiny" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ranks = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["ranks"]
+    assert ranks[0]["positions"] != ranks[1]["positions"]  # rank 0's position would be wrong for rank 1
+    for rank in range(2):
+        want = json.loads((full / f"batches_rank{rank}.json").read_text())
+        got = json.loads((part / f"batches_rank{rank}.json").read_text())
+        assert len(want) == 6 and got == want, rank
