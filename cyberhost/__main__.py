@@ -2,8 +2,6 @@
 
 import sys
 
-from cyberhost.cli import main
+from cyberhost.cli import console_main
 
-result = main()
-# training subcommands return the LightningCLI object (success), generate/evaluate an exit status
-sys.exit(result if isinstance(result, int) else 0)
+sys.exit(console_main())

@@ -40,6 +40,15 @@ def main(argv: Sequence[str] | None = None) -> object:
     return build_cli(args)
 
 
+def console_main() -> int:
+    """The ``cyberhost`` console script: :func:`main` turned into an exit status.
+
+    Training subcommands return the LightningCLI object (and raise on failure): success is 0.
+    """
+    result = main()
+    return result if isinstance(result, int) else 0
+
+
 def build_cli(args: list[str], run: bool = True) -> object:
     """The LightningCLI of ``args`` (``fit --config ...``); ``run=False`` only instantiates (no subcommand).
 

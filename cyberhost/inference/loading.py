@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -42,9 +41,6 @@ log = logging.getLogger(__name__)
 
 _ANCHOR = "text_context"
 """A top-level parameter of :class:`CyberHost`; finds the key prefix of a state dict."""
-_SAFE_EXTRA_GLOBALS = ("pathlib.PosixPath", "pathlib.WindowsPath", "argparse.Namespace",
-                       "jsonargparse._namespace.Namespace", "lightning.fabric.utilities.data.AttributeDict")
-"""Plain containers a checkpoint's hyper-parameters may pickle besides our own dataclasses."""
 _PRETRAINED_PARTS = {
     "sd15_path": ("vae.", "unet.", "reference_net."),
     "motion_adapter_path": ("unet.",),
@@ -164,27 +160,16 @@ def settings_from_tree(tree: Any, where: str) -> InferenceSettings | None:
 
 
 def _torch_load(path: Path, trust: bool) -> dict[str, Any]:
+    """Tensors and our config types only (the training side's allowlist); anything else needs ``trust``."""
+    from cyberhost.training.checkpoints import UnsafeCheckpointError, safe_torch_load
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass
-    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    ours = [g for g in unsafe if g.startswith("cyberhost.") or g in _SAFE_EXTRA_GLOBALS]
-    others = [g for g in unsafe if g not in ours]
-    if others and not trust:
-        raise GenerateError(
-            f"checkpoint {path} pickles objects other than tensors and our configs: {others[:8]}; loading it could "
-            "run code. If you made this file yourself, pass --trust-checkpoint; otherwise export safetensors."
-        )
-    if others:
-        log.warning("loading %s with weights_only=False (--trust-checkpoint)", path)
-        return torch.load(path, map_location="cpu", weights_only=False)
-    allowed = []
-    for name in ours:
-        module, _, attr = name.rpartition(".")
-        allowed.append(getattr(__import__(module, fromlist=[attr]), attr))
-    with torch.serialization.safe_globals(allowed):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return safe_torch_load(path)
+    except UnsafeCheckpointError as err:
+        if not trust:
+            raise GenerateError(f"{err} If you made this file yourself, pass --trust-checkpoint.") from None
+    log.warning("loading %s with weights_only=False (--trust-checkpoint)", path)
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def read_checkpoint(path: str | Path, trust: bool = False) -> tuple[dict[str, Tensor], Any]:

@@ -92,3 +92,20 @@ def test_strip_prefix_prefers_ema() -> None:
     assert strip_prefix(state, prefer_ema=False)["a"].item() == 0
     assert set(strip_prefix({"text_context": t, "b": t})) == {"text_context", "b"}
     assert CyberHostConfig().size == "tiny"
+
+
+def test_crafted_checkpoint_calling_our_code_is_refused(tmp_path: Path) -> None:
+    """A pickled call of one of our own functions is not a config type: refused, and nothing runs."""
+    from cyberhost.training.checkpoints import atomic_write_bytes
+
+    marker = tmp_path / "pwned"
+
+    class CallsOurCode:
+        def __reduce__(self) -> tuple:
+            return atomic_write_bytes, (str(marker), b"code ran while unpickling")
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": build_model().state_dict(), "hyper_parameters": {"x": CallsOurCode()}}, path)
+    with pytest.raises(GenerateError, match="atomic_write_bytes.*--trust-checkpoint"):
+        load_model(path)
+    assert not marker.exists()
