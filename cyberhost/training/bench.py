@@ -92,16 +92,21 @@ def count_flops(module: Any, dm: Any, device: torch.device, precision: str) -> t
     return float(counter.get_total_flops()), float(frozen)
 
 
-def build(stage: int, size: str, shards: Path, workers: int, gc: bool, channels_last: bool = False) -> tuple[Any, Any, int]:
-    """Module, DataModule and frames per sample of one stage."""
+def build(stage: int, size: str, shards: Path, workers: int, gc: bool, channels_last: bool = False,
+          device: torch.device | None = None) -> tuple[Any, Any, int]:
+    """Module (random init on ``device``: building sd15 on the CPU is slow), DataModule and frames per sample."""
     p = PRESETS[size]
     buckets = BucketConfig(area=p["area"], multiple=p["multiple"], tolerance=0.15)
     tf = TransformConfig(num_frames=p["frames"], num_motion=p["motion"], min_gap=2)
     cfg = CyberHostConfig(size=size, stage=stage)
+    with torch.device(device or "cpu"):
+        if stage == 1:
+            module = Stage1Module(model=cfg, gradient_checkpointing=gc, channels_last=channels_last)
+        else:
+            module = Stage2Module(RANDOM_STAGE1, model=cfg, gradient_checkpointing=gc, channels_last=channels_last)
     if stage == 1:
-        module, dm_cls, batch, frames = Stage1Module(model=cfg, gradient_checkpointing=gc, channels_last=channels_last), Stage1DataModule, p["batch1"], 1
+        dm_cls, batch, frames = Stage1DataModule, p["batch1"], 1
     else:
-        module = Stage2Module(RANDOM_STAGE1, model=cfg, gradient_checkpointing=gc, channels_last=channels_last)
         dm_cls, batch, frames = Stage2DataModule, p["batch2"], p["frames"]
     dm = dm_cls(str(shards), batch_size=batch, num_workers=workers, samples_per_epoch=10**6, val_batches=0,
                 buckets=buckets, transform=tf)
@@ -112,9 +117,8 @@ def run_stage(stage: int, args: argparse.Namespace, shards: Path, peak: float) -
     """Fit ``warmup + steps`` steps of one stage and report its throughput."""
     device = torch.device(args.device)
     precision = "bf16-mixed" if device.type == "cuda" else "32-true"
-    with torch.device(device):  # random init straight on the device (building sd15 on the CPU is slow)
-        module, dm, frames = build(stage, args.size, shards, args.workers, args.gradient_checkpointing,
-                                   args.channels_last)
+    module, dm, frames = build(stage, args.size, shards, args.workers, args.gradient_checkpointing,
+                               args.channels_last, device)
     flops, frozen_flops = count_flops(module, dm, device, precision)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
