@@ -79,7 +79,7 @@ evaluate: setup ## metrics of generated vs ground-truth videos: ARGS="--generate
 bench-prep: setup ## data-prep throughput with 1 and 2 workers (numbers go to BENCHMARKS.md)
 	$(BIN)/python -m data_prep.bench $(ARGS)
 
-bench-gpu: ## GPU tests + benchmarks of BENCHMARKS.md (CUDA machine): BENCH_OUT=<dir> [WHAT="tests model train generate strategies"]
+bench-gpu: ## GPU tests + benchmarks of BENCHMARKS.md (CUDA machine): BENCH_OUT=<dir> [WHAT="tests model train generate profile"]
 	benchmarks/gpu.sh $(or $(BENCH_OUT),bench-out) $(WHAT)
 
 lock: ## re-resolve requirements/constraints.txt in a scratch venv
