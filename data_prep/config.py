@@ -106,6 +106,10 @@ class PrepConfig:
         keypoints: keypoint backend.
         regions: face/hand box thresholds and margins.
         filters: quality filters.
+        pin_workers: with 2 or more workers (and no more workers than usable CPUs), pin worker i to
+            the i-th CPU this process may use. MediaPipe runs its graph on several threads; unpinned
+            workers contend for the cores (BENCHMARKS.md: pinned, two workers on two cores detect
+            keypoints about 15 % faster). One worker is never pinned.
     """
 
     fps: float = 25.0
@@ -121,6 +125,7 @@ class PrepConfig:
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
     regions: RegionParams = field(default_factory=RegionParams)
     filters: FilterConfig = field(default_factory=FilterConfig)
+    pin_workers: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.fps <= 120:

@@ -104,6 +104,13 @@ class RunResult:
     errors: list[str] = field(default_factory=list)
 
 
+def worker_cores(workers: int, usable: list[int]) -> list[int | None]:
+    """The CPU each worker is pinned to: the i-th usable one, or None for all (one worker, or too few CPUs)."""
+    if workers < 2 or workers > len(usable):
+        return [None] * workers
+    return usable[:workers]
+
+
 def run_pool(todo: list[str], input_dir: Path, shard_dir: Path, cfg: PrepConfig, workers: int, shard_index: int, progress: bool = True) -> RunResult:
     """Process ``todo`` with ``workers`` processes (spawned, each with its own backend and shard writer).
 
@@ -127,7 +134,9 @@ def run_pool(todo: list[str], input_dir: Path, shard_dir: Path, cfg: PrepConfig,
     for _ in range(workers):
         tasks.put(None)
     args = (shard_index, cfg, str(input_dir), str(shard_dir), tasks, events)
-    procs = [ctx.Process(target=worker_main, args=(w, *args), daemon=True) for w in range(workers)]
+    cores = worker_cores(workers, sorted(os.sched_getaffinity(0))) if cfg.pin_workers else [None] * workers
+    procs = [ctx.Process(target=worker_main, args=(w, *args), kwargs={"core": cores[w]}, daemon=True)
+             for w in range(workers)]
     result, start = RunResult(), time.perf_counter()
     for p in procs:
         p.start()

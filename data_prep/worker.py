@@ -146,11 +146,15 @@ def _log_to_file(path: Path) -> None:
     os.close(fd)
 
 
-def worker_main(worker: int, shard_index: int, cfg: PrepConfig, input_dir: str, shard_dir: str, tasks: Any, events: Any) -> None:
+def worker_main(worker: int, shard_index: int, cfg: PrepConfig, input_dir: str, shard_dir: str, tasks: Any, events: Any,
+                core: int | None = None) -> None:
     """Worker process: take input paths from ``tasks`` until ``None``, report to ``events``.
 
     Events: ``("frames", n)``, ``("input", entry)``, ``("timing", seconds_by_step)``, ``("error", text)``.
+    ``core``: pin this process (and the threads its keypoint backend starts) to that CPU.
     """
+    if core is not None:
+        os.sched_setaffinity(0, {core})  # before the backend starts its threads: they inherit it
     _log_to_file(Path(shard_dir).parent / "logs" / f"worker-{shard_index:05d}-{worker:03d}.log")
     try:
         backend = make_backend(cfg.keypoints.backend, **cfg.keypoints.backend_options())

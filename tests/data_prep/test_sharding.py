@@ -194,3 +194,11 @@ def test_idle_part_says_so(tmp_path, capsys):
     assert main(["--input", str(raw), "--output", str(tmp_path / "out"), "--num-shards", "4", "--shard-index", str(idle)]) == 0
     assert f"part {idle}/4: none of the 1 inputs falls in this part; nothing to do" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # an idle part writes nothing
+
+
+def test_worker_cores_pins_only_when_every_worker_gets_its_own_cpu() -> None:
+    from data_prep.run import worker_cores
+
+    assert worker_cores(1, [0, 1]) == [None]  # one worker may use every core MediaPipe wants
+    assert worker_cores(2, [4, 7]) == [4, 7]  # the CPUs this process may use, e.g. a SLURM allocation
+    assert worker_cores(3, [0, 1]) == [None, None, None]
