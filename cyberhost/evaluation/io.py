@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -122,6 +123,23 @@ def count_frames(path: str | Path) -> int:
     return count
 
 
+def _resampled(container: Any, resampler: av.AudioResampler, limit: int | None = None) -> Iterator[np.ndarray]:
+    """Chunks ``(channels, n)`` of the first audio stream through ``resampler``, flushed at the end.
+
+    Stops after the chunk that reaches ``limit`` samples (then without flushing: the caller trims).
+    """
+    total = 0
+    for frame in container.decode(container.streams.audio[0]):
+        for out in resampler.resample(frame):
+            chunk = out.to_ndarray()
+            total += chunk.shape[-1]
+            yield chunk
+        if limit is not None and total >= limit:
+            return
+    for out in resampler.resample(None):  # flush the resampler's delay line
+        yield out.to_ndarray()
+
+
 def read_audio(path: str | Path, sr: int = 16_000) -> np.ndarray:
     """Decode the first audio stream as mono float32 at ``sr`` Hz.
 
@@ -139,14 +157,8 @@ def read_audio(path: str | Path, sr: int = 16_000) -> np.ndarray:
     with _open(path) as container:
         if not container.streams.audio:
             raise ValueError(f"{path}: no audio stream")
-        stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
-        chunks: list[np.ndarray] = []
-        for frame in container.decode(stream):
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().reshape(-1))
-        for out in resampler.resample(None):  # flush the resampler's delay line
-            chunks.append(out.to_ndarray().reshape(-1))
+        chunks = [c.reshape(-1) for c in _resampled(container, resampler)]
     if not chunks:
         return np.zeros(0, dtype=np.float32)
     return np.concatenate(chunks).astype(np.float32, copy=False)
@@ -175,16 +187,7 @@ def read_audio_track(path: str | Path, max_seconds: float | None = None) -> Audi
         layout = "mono" if stream.codec_context.channels == 1 else "stereo"
         resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
         limit = None if max_seconds is None else round(max_seconds * rate)
-        chunks: list[np.ndarray] = []
-        total = 0
-        for frame in container.decode(stream):
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray())
-                total += chunks[-1].shape[1]
-            if limit is not None and total >= limit:
-                break
-        else:
-            chunks.extend(out.to_ndarray() for out in resampler.resample(None))
+        chunks = list(_resampled(container, resampler, limit))
     channels = 1 if layout == "mono" else 2
     samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((channels, 0), np.float32)
     track = AudioTrack(np.ascontiguousarray(samples, dtype=np.float32), rate, layout)
