@@ -31,8 +31,7 @@ class InjectionState:
     Attributes:
         bank: written by the reference net: layer name -> attn1 input ``(N, L, C)``.
         reference: layer name -> reference tokens ``(B, L, C)`` for spatial self-attention.
-        ref_keep: ``(B,)`` bool, False drops the reference for that sample (CFG / dropout).
-        ref_mode: ``"all"``, ``"none"`` or ``"mixed"``: whether ``ref_keep`` keeps every sample,
+        ref_mode: ``"all"``, ``"none"`` or ``"mixed"``: whether the forward's ``ref_keep`` keeps every sample,
             none or some. Decided once per forward by the model, so that the attention layers need
             no device-to-host read of ``ref_keep`` each.
         ref_groups: for ``"mixed"``: (kept sample indices ``(Bk,)``, their frame indices
@@ -48,7 +47,6 @@ class InjectionState:
 
     bank: dict[str, Tensor] = field(default_factory=dict)
     reference: dict[str, Tensor] | None = None
-    ref_keep: Tensor | None = None
     ref_mode: str = "all"
     ref_groups: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
     motion: dict[str, Tensor] | None = None
@@ -61,15 +59,15 @@ class InjectionState:
         """Forget every tensor (call when no backward will follow, e.g. after sampling)."""
         self.bank = {}
         self.reference = self.motion = self.audio = None
-        self.ref_keep = self.audio_keep = self.ref_groups = None
+        self.audio_keep = self.ref_groups = None
         self.ref_mode = "all"
 
     def set_ref_keep(self, keep: Tensor | None, frames: int) -> None:
-        """Store ``keep`` (``(B,)``) and decide :attr:`ref_mode` / :attr:`ref_groups` for ``B*frames`` rows.
+        """Decide :attr:`ref_mode` / :attr:`ref_groups` from ``keep`` (``(B,)``, False drops that sample's reference).
 
         One device-to-host read per forward, not one per attention layer.
         """
-        self.ref_keep, self.ref_groups, self.ref_mode = keep, None, "all"
+        self.ref_groups, self.ref_mode = None, "all"
         if keep is None:
             return
         host = keep.detach().to("cpu", torch.bool)

@@ -325,8 +325,7 @@ class CyberHostModule(L.LightningModule):
         terms = cyberhost_losses(out.sample, self.schedule.target(x0, noise, t), t, self.loss_config,
                                  generator=gen, **self.loss_targets(batch, out, size))
         loss = terms["loss"]
-        keep = cond.get("ref_keep")
-        if keep is not None and torch.is_grad_enabled() and not bool(keep.any()):
+        if torch.is_grad_enabled() and self.model.state.ref_mode == "none":  # decided once by the forward
             loss = loss + 0.0 * _graph_anchor(cond["reference"])
         return loss, terms
 
