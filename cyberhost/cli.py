@@ -20,7 +20,8 @@ OTHER_COMMANDS = {
     "generate": "cyberhost.inference.cli",
     "evaluate": "cyberhost.evaluation.cli",
 }
-"""Subcommands that are not LightningCLI's, each with the module whose ``main(argv)`` runs it."""
+"""Subcommands that are not LightningCLI's, each with the module whose ``main(argv)`` runs it (dispatched before
+anything imports Lightning: generation and evaluation never load it)."""
 
 
 def main(argv: Sequence[str] | None = None) -> object:

@@ -2,13 +2,19 @@
 
 Examples::
 
-    cyberhost generate --image me.jpg --audio speech.wav --checkpoint runs/stage2/last.ckpt \\
+    cyberhost generate --image me.jpg --audio speech.wav --checkpoint runs/stage2/sd15/checkpoints/last.ckpt \\
         --output out.mp4
+    cyberhost generate --image me.jpg --audio speech.wav --checkpoint runs/stage2/sd15/export/last.safetensors \\
+        --no-ema --output raw.mp4
     cyberhost generate --image me.jpg --audio speech.m4a --checkpoint stage2.safetensors \\
         --config conf/stage2.yaml --set sd15_path=/models/sd15 --set wav2vec2_path=/models/w2v \\
         --output out.mp4 --frames-dir out_frames
     cyberhost generate --mode video --driving-video dance.mp4 --image me.jpg \\
         --checkpoint video.ckpt --output out.mp4
+
+The checkpoint (a Lightning ``.ckpt``, an FSDP2 ``last.ckpt/`` folder or a safetensors export)
+records the network config, noise schedule, clip transform and buckets of its run; ``--config``
+YAMLs override them. Its EMA weights are used when it has them, unless ``--no-ema``.
 
 Exit status: 0 on success, 2 when an input cannot be used (the message names it).
 """
@@ -39,17 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--image", required=True, help="reference image (one person, upper body visible)")
     io.add_argument("--audio", help="driving audio, any format PyAV reads (wav, mp3, m4a, the track of an mp4)")
     io.add_argument("--checkpoint", required=True, action="append",
-                    help="Lightning .ckpt or exported .safetensors of a stage-2 run; repeat to merge files left to right "
-                         "(e.g. a stage-1 export, then a stage-2 export of the weights stage 2 trains)")
+                    help="a stage-2 run's Lightning .ckpt, FSDP2 checkpoint folder (last.ckpt/) or exported .safetensors; "
+                         "repeat to merge files left to right (e.g. a stage-1 export, then a stage-2 export of the "
+                         "weights stage 2 trains)")
     io.add_argument("--config", action="append", default=[],
-                    help="training YAML (repeatable, composed left to right); default: the checkpoint's saved config")
+                    help="training YAML (repeatable, composed left to right); overrides the settings the checkpoint "
+                         "records")
     io.add_argument("--output", required=True, help="output .mp4")
     io.add_argument("--frames-dir", help="also write every frame as PNG here")
     io.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a network config field, e.g. local pretrained paths: --set sd15_path=/models/sd15")
     io.add_argument("--trust-checkpoint", action="store_true",
                     help="allow a .ckpt that pickles arbitrary objects (only for files you made)")
-    io.add_argument("--no-ema", action="store_true", help="load the raw weights even when the checkpoint has EMA ones")
+    io.add_argument("--no-ema", action="store_true",
+                    help="load the raw weights even when the checkpoint has EMA ones (default: EMA when present)")
 
     mode = p.add_argument_group("mode")
     mode.add_argument("--mode", choices=MODES, default="audio",
@@ -172,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         backend.close()
     print(f"wrote {result.path}: {result.num_frames} frames at {result.fps:g} fps, {result.size[1]}x{result.size[0]}, "
-          f"{result.segments} segment(s) in {result.seconds:.1f} s")
+          f"{result.segments} segment(s) in {result.seconds:.1f} s, {'EMA' if settings.ema else 'raw'} weights")
     return 0
 
 
@@ -183,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         0 on success, 2 when an input is unusable (the error names it on stderr).
     """
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # which weights were loaded, clarity, ...
     if (args.height is None) != (args.width is None):
         print("error: give both --height and --width, or neither", file=sys.stderr)
         return 2

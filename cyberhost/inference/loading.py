@@ -1,32 +1,28 @@
-"""Build the trained network for generation from a checkpoint and the training config.
+"""Build the trained network for generation from our checkpoint files (and, optionally, training YAMLs).
 
-Two checkpoint kinds are read:
+The files are read by :mod:`cyberhost.weights` (no Lightning, no training code): a Lightning
+``.ckpt``, an FSDP2 checkpoint folder or a safetensors export. The EMA weights are used when the
+file has them, unless ``prefer_ema=False`` (``generate --no-ema``).
 
-* a Lightning ``.ckpt``: loaded with ``torch.load(weights_only=True)``. When its saved
-  hyper-parameters hold our own config dataclasses, exactly those ``cyberhost.*`` classes (and a
-  few plain containers) are allow-listed, nothing else; any other pickled global is refused with
-  its name unless the user says the file is theirs (``trust_checkpoint``).
-* a ``.safetensors`` export (no code can run from it); a ``config`` entry of its metadata, when
-  present, is read like the hyper-parameters of a ``.ckpt``.
-
-The settings (network config, clip/transform config, noise schedule, resolution buckets) come
-from the training YAML(s) when given (composed left to right, as LightningCLI does with repeated
-``--config``), else from the checkpoint. They are found by *shape*, not by path: the first
-mapping anywhere in the tree whose keys are fields of :class:`CyberHostConfig` (and that names a
-``size`` or ``stage``) is the network config, and likewise for the other dataclasses. This keeps
-generation independent of how the training module nests its arguments.
+The settings come from what the checkpoint records explicitly: the network config and the noise
+schedule from the module's saved hyper-parameters (``model``, ``schedule``; an export's metadata
+``config`` holds the same two), the clip transform and the buckets from its ``conditions`` record
+(``transform``, ``buckets``), which is also handed on raw as :attr:`InferenceSettings.conditions`.
+Training YAMLs given with ``--config`` are composed left to right (as LightningCLI does with
+repeated ``--config``) and read at their LightningCLI paths (``model.init_args.model``,
+``model.init_args.schedule``, ``data.init_args.transform``, ``data.init_args.buckets``; ``init_args``
+may be left out); their keys win over the checkpoint's.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from torch import Tensor
 
@@ -34,13 +30,12 @@ from cyberhost.data.buckets import BucketConfig
 from cyberhost.data.transforms import TransformConfig
 from cyberhost.diffusion.schedule import ScheduleConfig
 from cyberhost.models import CyberHost, CyberHostConfig
+from cyberhost.weights import Checkpoint, SavedRecord, UnsafeCheckpointError, read_checkpoint
 
 from .errors import CheckpointMismatchError, GenerateError
 
 log = logging.getLogger(__name__)
 
-_ANCHOR = "text_context"
-"""A top-level parameter of :class:`CyberHost`; finds the key prefix of a state dict."""
 _PRETRAINED_PARTS = {
     "sd15_path": ("vae.", "unet.", "reference_net."),
     "motion_adapter_path": ("unet.",),
@@ -50,6 +45,9 @@ _PRETRAINED_PARTS = {
 """Config path field -> state-dict prefixes of the parts built from it."""
 _FROZEN_FROM_PATH = {"sd15_path": "vae.", "wav2vec2_path": "audio.wav2vec2.", "arcface_path": "face_encoder."}
 """Config path field -> the frozen part it loads (those keys may be absent from a checkpoint)."""
+_SECTIONS = {"model": ("model", "model"), "schedule": ("model", "schedule"), "transform": ("data", "transform"),
+             "buckets": ("data", "buckets")}
+"""Setting -> (LightningCLI group, argument) where a training YAML holds it."""
 
 
 @dataclass
@@ -63,6 +61,9 @@ class InferenceSettings:
         schedule: the noise schedule (prediction type, betas).
         buckets: training resolutions; the output size is the bucket nearest the reference's aspect.
         source: where the settings were read (for messages).
+        conditions: the checkpoint's ``conditions`` record as saved (e.g. ``hand_clarity``, the
+            trained mode); empty when the checkpoint has none.
+        ema: whether EMA weights were loaded.
     """
 
     model: CyberHostConfig
@@ -70,18 +71,20 @@ class InferenceSettings:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     buckets: BucketConfig = field(default_factory=BucketConfig)
     source: str = "defaults"
+    conditions: dict[str, Any] = field(default_factory=dict)
+    ema: bool = False
 
 
-# ----------------------------------------------------------------------------- config trees
+# ----------------------------------------------------------------------------- settings
 
 
 def _plain(obj: Any) -> Any:
-    """Dataclasses, namespaces and tuples -> dicts and lists (for the shape search)."""
+    """Dataclasses, namespaces, records and tuples -> dicts and lists."""
     if is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
     if isinstance(obj, Mapping):
         return {str(k): _plain(v) for k, v in obj.items()}
-    if hasattr(obj, "__dict__") and type(obj).__name__ in ("Namespace", "AttributeDict"):
+    if isinstance(obj, argparse.Namespace | SavedRecord):
         return {str(k): _plain(v) for k, v in vars(obj).items()}
     if isinstance(obj, list | tuple):
         return [_plain(v) for v in obj]
@@ -113,23 +116,27 @@ def read_configs(paths: Iterable[str | Path]) -> dict[str, Any]:
     return tree
 
 
-def find_section(tree: Any, cls: type, marks: tuple[str, ...]) -> dict[str, Any] | None:
-    """First mapping (depth first) whose keys are all fields of ``cls`` and include one of ``marks``."""
-    names = {f.name for f in fields(cls)}
-    if isinstance(tree, Mapping):
-        keys = set(tree)
-        if keys and keys <= names and keys & set(marks):
-            return dict(tree)
-        for value in tree.values():
-            found = find_section(value, cls, marks)
-            if found is not None:
-                return found
-    elif isinstance(tree, list):
-        for value in tree:
-            found = find_section(value, cls, marks)
-            if found is not None:
-                return found
-    return None
+def yaml_sections(tree: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The settings a LightningCLI config tree holds (``model.init_args.model`` etc.), by :data:`_SECTIONS` name."""
+    out = {}
+    for name, (group, arg) in _SECTIONS.items():
+        node = tree.get(group)
+        node = node.get("init_args", node) if isinstance(node, Mapping) else None
+        value = node.get(arg) if isinstance(node, Mapping) else None
+        if isinstance(value, Mapping):
+            out[name] = _plain(value)
+    return out
+
+
+def checkpoint_sections(ckpt: Checkpoint) -> dict[str, dict[str, Any]]:
+    """The settings a checkpoint records: ``model``/``schedule`` of its config, ``transform``/``buckets`` of its conditions."""
+    found = {"model": ckpt.config.get("model"), "schedule": ckpt.config.get("schedule"),
+             "transform": ckpt.conditions.get("transform"), "buckets": ckpt.conditions.get("buckets")}
+    out = {name: _plain(value) for name, value in found.items() if value is not None}
+    if ckpt.config and "model" not in out:  # a module built with the default network config saves model=None
+        stage = ckpt.config.get("stage", 2 if "stage1_checkpoint" in ckpt.config else CyberHostConfig.stage)
+        out["model"] = {"stage": stage}
+    return {name: value for name, value in out.items() if isinstance(value, dict)}
 
 
 def _build(cls: type, section: dict[str, Any] | None, where: str) -> Any:
@@ -141,17 +148,13 @@ def _build(cls: type, section: dict[str, Any] | None, where: str) -> Any:
         raise GenerateError(f"{where}: invalid {cls.__name__} {values}: {err}") from err
 
 
-def settings_from_tree(tree: Any, where: str) -> InferenceSettings | None:
-    """Settings found in a config tree, or None when it holds no network config."""
-    tree = _plain(tree)
-    model = find_section(tree, CyberHostConfig, ("size", "stage"))
-    if model is None:
-        return None
+def build_settings(sections: Mapping[str, dict[str, Any]], where: str) -> InferenceSettings:
+    """:class:`InferenceSettings` of the named sections (absent ones take the dataclass defaults)."""
     return InferenceSettings(
-        model=_build(CyberHostConfig, model, where),
-        transform=_build(TransformConfig, find_section(tree, TransformConfig, ("fps", "num_frames", "num_motion")), where),
-        schedule=_build(ScheduleConfig, find_section(tree, ScheduleConfig, ("prediction_type", "zero_terminal_snr")), where),
-        buckets=_build(BucketConfig, find_section(tree, BucketConfig, ("area", "sizes")), where),
+        model=_build(CyberHostConfig, sections["model"], where),
+        transform=_build(TransformConfig, sections.get("transform"), where),
+        schedule=_build(ScheduleConfig, sections.get("schedule"), where),
+        buckets=_build(BucketConfig, sections.get("buckets"), where),
         source=where,
     )
 
@@ -159,75 +162,33 @@ def settings_from_tree(tree: Any, where: str) -> InferenceSettings | None:
 # ----------------------------------------------------------------------------- checkpoint files
 
 
-def _torch_load(path: Path, trust: bool) -> dict[str, Any]:
-    """Tensors and our config types only (the training side's allowlist); anything else needs ``trust``."""
-    from cyberhost.training.checkpoints import UnsafeCheckpointError, safe_torch_load
-
-    try:
-        return safe_torch_load(path)
-    except UnsafeCheckpointError as err:
-        if not trust:
-            raise GenerateError(f"{err} If you made this file yourself, pass --trust-checkpoint.") from None
-    log.warning("loading %s with weights_only=False (--trust-checkpoint)", path)
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def read_checkpoint(path: str | Path, trust: bool = False) -> tuple[dict[str, Tensor], Any]:
-    """Tensors and saved hyper-parameters of a ``.ckpt``/``.pt`` or ``.safetensors`` file.
-
-    Returns:
-        ``(state_dict, hparams)``; ``hparams`` is None when the file has none.
+def read_for_generation(path: str | Path, trust: bool = False) -> Checkpoint:
+    """:func:`cyberhost.weights.read_checkpoint` with errors as :class:`GenerateError` (what the user can fix).
 
     Raises:
-        GenerateError: missing file, unreadable file, or a pickle that is not allowed.
+        GenerateError: missing or unreadable file, or a pickle that is not allowed (unless ``trust``).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise GenerateError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-            state = load_file(str(path))
-        except Exception as err:  # safetensors raises its own error types
-            raise GenerateError(f"cannot read safetensors checkpoint {path}: {err}") from err
-        hparams = None
-        for key in ("config", "hparams", "hyper_parameters"):
-            if key in meta:
-                hparams = json.loads(meta[key])
-                break
-        return state, hparams
     try:
-        ckpt = _torch_load(path, trust)
-    except GenerateError:
-        raise
-    except Exception as err:  # a truncated or foreign file
-        raise GenerateError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(ckpt, Mapping):
-        raise GenerateError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict of tensors")
-    if "state_dict" in ckpt:
-        return dict(ckpt["state_dict"]), {k: v for k, v in ckpt.items() if k in ("hyper_parameters", "datamodule_hyper_parameters")}
-    return {k: v for k, v in ckpt.items() if isinstance(v, Tensor)}, None
+        return read_checkpoint(path, trust)
+    except FileNotFoundError:
+        raise GenerateError(f"checkpoint {path} does not exist") from None
+    except UnsafeCheckpointError as err:
+        raise GenerateError(f"{err} If you made this file yourself, pass --trust-checkpoint.") from None
+    except ValueError as err:
+        raise GenerateError(str(err)) from err
 
 
-def strip_prefix(state: Mapping[str, Tensor], prefer_ema: bool = True) -> dict[str, Tensor]:
-    """Keys of the network inside a module's state dict (``model.unet...`` -> ``unet...``).
-
-    The prefix is read off the key that ends in the network's top-level ``text_context``; when
-    an EMA copy exists too (a prefix containing ``ema``), it is preferred unless ``prefer_ema``
-    is False. Keys outside the chosen prefix are dropped (optimiser-free Lightning extras, the
-    other copy).
-    """
-    prefixes = sorted({k[: -len(_ANCHOR)] for k in state if k == _ANCHOR or k.endswith("." + _ANCHOR)}, key=len)
-    if not prefixes:
-        return dict(state)
-    ema = [p for p in prefixes if "ema" in p.lower()]
-    plain = [p for p in prefixes if p not in ema]
-    prefix = (ema if prefer_ema and ema else plain or ema)[0]
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+def choose_weights(ckpt: Checkpoint, prefer_ema: bool) -> tuple[dict[str, Tensor], bool]:
+    """The network weights of one file and whether they are the EMA ones (logged either way)."""
+    use = prefer_ema and bool(ckpt.ema)
+    try:
+        state = ckpt.weights(ema=use)
+    except ValueError as err:
+        raise GenerateError(f"checkpoint {ckpt.path}: {err}") from err
+    why = ("its EMA copy of the trainable weights" if use else "--no-ema; the checkpoint also has EMA weights"
+           if ckpt.ema else "the checkpoint has no EMA copy")
+    log.info("%s: %s weights (%s)", ckpt.path, "EMA" if use else "raw", why)
+    return state, use
 
 
 # ----------------------------------------------------------------------------- the network
@@ -274,12 +235,12 @@ def load_model(
     """The trained network (eval mode, CPU, float32) and the settings it was trained with.
 
     Args:
-        checkpoint: Lightning ``.ckpt`` or exported ``.safetensors``; a list is merged left to right
-            (e.g. a stage-1 export, then a stage-2 export of only the weights stage 2 trains).
-        configs: training YAML(s); when empty the checkpoint's saved hyper-parameters are used.
+        checkpoint: Lightning ``.ckpt``, FSDP2 checkpoint folder or exported ``.safetensors``; a list is
+            merged left to right (e.g. a stage-1 export, then a stage-2 export of only the weights stage 2 trains).
+        configs: training YAML(s), composed left to right; their settings win over the checkpoint's.
         overrides: :class:`CyberHostConfig` fields to replace (e.g. local pretrained paths).
         trust_checkpoint: allow a pickled ``.ckpt`` with arbitrary objects (files you made).
-        prefer_ema: load the EMA weights when the checkpoint has them.
+        prefer_ema: load the EMA weights when the checkpoint has them (False: the raw weights).
 
     Raises:
         GenerateError: no usable config, a stage-1 network, or unreadable files.
@@ -290,18 +251,31 @@ def load_model(
     if not paths:
         raise GenerateError("no checkpoint given")
     state: dict[str, Tensor] = {}
-    hparams = None
+    sections: dict[str, dict[str, Any]] = {}
+    conditions: dict[str, Any] = {}
+    used_ema = False
     for path in paths:
-        part, saved = read_checkpoint(path, trust_checkpoint)
-        state.update(strip_prefix(part, prefer_ema))
-        hparams = saved if saved is not None else hparams
+        ckpt = read_for_generation(path, trust_checkpoint)
+        part, ema = choose_weights(ckpt, prefer_ema)
+        state.update(part)
+        used_ema |= ema
+        sections.update(checkpoint_sections(ckpt))
+        conditions = ckpt.conditions or conditions
     checkpoint = " + ".join(map(str, paths))
-    settings = (settings_from_tree(read_configs(configs), " + ".join(map(str, configs))) if configs
-                else settings_from_tree(hparams, f"{checkpoint} (saved hyper-parameters)") if hparams is not None else None)
-    if settings is None:
-        where = "the given --config files" if configs else f"checkpoint {checkpoint}"
-        raise GenerateError(f"no network config (a mapping with 'size'/'stage') found in {where}; pass the training "
-                            "YAML(s) with --config")
+    where = f"checkpoint {checkpoint}"
+    if configs:
+        for name, value in yaml_sections(read_configs(configs)).items():
+            sections[name] = _merge(sections.get(name, {}), value)
+        where += " + " + " + ".join(map(str, configs))
+    if "model" not in sections:
+        raise GenerateError(f"no network config in {where} (the checkpoint saves no hyper-parameters and no --config "
+                            "names model.init_args.model); pass the training YAML(s) with --config")
+    unrecorded = [name for name in ("transform", "buckets") if name not in sections]
+    if unrecorded:  # checkpoints written before the conditions record
+        log.warning("%s records no %s: using the defaults; pass the training YAML(s) with --config if they differed",
+                    where, " or ".join(unrecorded))
+    settings = build_settings(sections, where)
+    settings.conditions, settings.ema = dict(conditions), used_ema
     cfg = asdict(settings.model)
     cfg.update(overrides or {})
     for name, parts in _PRETRAINED_PARTS.items():  # weights in the checkpoint need no local pretrained directory

@@ -201,10 +201,14 @@ def gif_summary(tag: str, video: np.ndarray, fps: float) -> Any:
 
 
 class SafetensorsExport(L.Callback):
-    """Export the trained network (EMA weights when enabled) as safetensors with the run settings.
+    """Export the trained network as safetensors with the run settings (:func:`cyberhost.weights.export_safetensors`).
 
     Everything but the frozen pretrained parts (VAE, wav2vec2, ArcFace, which come from their
     own weight paths) is written, so the file alone hands stage 1 to stage 2 and serves generation.
+    With EMA enabled the raw weights keep their names and the EMA copies are stored beside them as
+    ``ema.<name>``; readers use the EMA copies unless asked for raw weights (``generate --no-ema``).
+    The metadata holds the config tree (``config_tree()``) and the conditions record
+    (``condition_record()``), so generation needs no YAML.
 
     Writes ``<run dir>/export/step_<N>.safetensors`` every ``every_n_steps`` (0: only at the end)
     and ``<run dir>/export/last.safetensors`` when training ends. ``all_weights`` also stores the
@@ -233,9 +237,9 @@ class SafetensorsExport(L.Callback):
             return None
         frozen = {f"{prefix}.{k}" for prefix, part in _frozen_parts(module.model) for k in part.state_dict()}
         out = {k: v for k, v in state.items() if self.all_weights or k not in frozen}
-        if module.ema is not None:
-            out.update({k: v for k, v in module.ema.items() if k in out})
-        return export_safetensors(out, run_dir(trainer) / "export" / name, module.config_tree())
+        ema = {k: v for k, v in (module.ema or {}).items() if k in out}
+        return export_safetensors(out, run_dir(trainer) / "export" / name, module.config_tree(),
+                                  module.condition_record(), ema)
 
 
 def _frozen_parts(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:

@@ -448,10 +448,18 @@ class CyberHostModule(L.LightningModule):
                 self.ema[name] = value.to(p.device)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the EMA weights and the NaN/Inf guard's count of consecutive skipped steps."""
+        """Store the EMA weights, the conditions record and the NaN/Inf guard's count of consecutive skipped steps."""
         if self.ema is not None:
             checkpoint["ema"] = {k: v.detach().cpu() for k, v in self.ema.items()}
+        checkpoint["conditions"] = self.condition_record()
         checkpoint["nonfinite_streak"] = self._bad_steps
+
+    def condition_record(self) -> dict[str, Any]:
+        """What this run conditioned on, for generation: its DataModule's clip transform and buckets ({} without one)."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return {}
+        return {"transform": asdict(dm.transform), "buckets": asdict(dm.buckets)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the EMA weights (moved to the parameters' device at fit start) and the guard's count."""

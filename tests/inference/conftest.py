@@ -21,7 +21,7 @@ from cyberhost.models import CyberHost, CyberHostConfig
 SIZE = 64
 """Output side of the tiny tests (one 64x64 bucket; tiny latents are 8x8)."""
 BUCKETS = {"area": SIZE * SIZE, "multiple": 64, "sizes": [[SIZE, SIZE]]}
-TRAIN_TREE = {  # the shape of a LightningCLI config: the loader finds sections by their keys
+TRAIN_TREE = {  # a LightningCLI config: the loader reads model.init_args.{model,schedule}, data.init_args.{transform,buckets}
     "model": {"class_path": "cyberhost.training.Stage2Module",
               "init_args": {"model": {"size": "tiny", "stage": 2}, "schedule": {"prediction_type": "epsilon"}}},
     "data": {"init_args": {"transform": {"fps": 25.0, "num_frames": 12, "num_motion": 4}, "buckets": BUCKETS}},
@@ -51,12 +51,15 @@ def write_wav(path: Path, seconds: float, sr: int = 16_000, freq: float = 220.0)
     return path
 
 
-def save_lightning_ckpt(model: CyberHost, path: Path, hparams: object | None = None) -> Path:
-    """A Lightning-style checkpoint: ``state_dict`` under ``model.`` plus saved hyper-parameters."""
+def save_lightning_ckpt(model: CyberHost, path: Path, hparams: object | None = None,
+                        conditions: dict | None = None) -> Path:
+    """A Lightning-style checkpoint: ``state_dict`` under ``model.``, saved hyper-parameters, the conditions record."""
     ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "epoch": 0, "global_step": 1,
             "pytorch-lightning_version": "2.6.0"}
     if hparams is not None:
         ckpt["hyper_parameters"] = hparams
+    if conditions is not None:
+        ckpt["conditions"] = conditions
     torch.save(ckpt, path)
     return path
 
@@ -115,8 +118,8 @@ def train_yaml(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tiny_ckpt(tmp_path: Path) -> tuple[Path, CyberHost]:
-    """A tiny stage-2 checkpoint with its config in the hyper-parameters (plain dicts)."""
+    """A tiny stage-2 checkpoint laid out as training writes it: network config (a plain dict, as LightningCLI
+    saves it) in the hyper-parameters, transform and buckets in the conditions record."""
     model = build_model()
-    hparams = {"model": asdict(model.config), "transform": TRAIN_TREE["data"]["init_args"]["transform"],
-               "buckets": BUCKETS}
-    return save_lightning_ckpt(model, tmp_path / "tiny.ckpt", hparams), model
+    conditions = {"transform": TRAIN_TREE["data"]["init_args"]["transform"], "buckets": BUCKETS}
+    return save_lightning_ckpt(model, tmp_path / "tiny.ckpt", {"model": asdict(model.config)}, conditions), model

@@ -1,19 +1,155 @@
-"""Checkpoint and config loading: weights_only, EMA/prefixes, config found by shape, clear mismatch errors."""
+"""Loading for generation from what real tiny training runs write: a .ckpt with EMA, an FSDP2 folder, exports.
+
+Each run goes through the real CLI (``cyberhost fit``) once per module; the files are then read
+the way ``cyberhost generate`` reads them (:func:`load_model`) and compared with the trained
+module's own weights, EMA or raw.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from cyberhost.data.transforms import TransformConfig
-from cyberhost.inference import CheckpointMismatchError, GenerateError, load_model
-from cyberhost.inference.loading import strip_prefix
+from cyberhost import cli
+from cyberhost.diffusion import ScheduleConfig
+from cyberhost.inference import CheckpointMismatchError, GenerateConfig, GenerateError, generate_video, load_model
 from cyberhost.models import CyberHostConfig
+from cyberhost.training.synthetic import write_shards
+from tests.training.conftest import CONF, ROOT, tiny_args
 
-from .conftest import TRAIN_TREE, build_model, save_lightning_ckpt
+from .conftest import FixedBackend, build_model, save_lightning_ckpt, write_wav
+
+EMA = ("--model.init_args.optim.ema_decay", "0.5", "--model.init_args.optim.lr", "0.05")
+"""A fast-moving EMA and a high learning rate: after 2 steps the EMA weights are far from the raw ones."""
+SELF_CONTAINED = ("--trainer.callbacks.init_args.all_weights", "true")
+"""The export callback (last in conf/stage2.yaml) also writes the frozen parts: tiny runs have no pretrained folders."""
+
+
+def _fit_args(shards: Path, runs: Path, steps: int, *extra: str) -> list[str]:
+    return tiny_args(2, shards, runs, steps, "--model.init_args.stage1_checkpoint", "random",
+                     "--trainer.limit_val_batches", "0", *SELF_CONTAINED, *extra)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_shards(tmp_path_factory.mktemp("shards"), num_clips=4, num_frames=24, size=(96, 80), clips_per_shard=4)
+
+
+@pytest.fixture(scope="module")
+def ema_run(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 2-step tiny stage-2 run with EMA, in-process: its files and the trained module's raw and EMA weights."""
+    runs = tmp_path_factory.mktemp("ema_run")
+    module = cli.main(_fit_args(shards, runs, 2, *EMA)).model
+    raw = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+    ema = {k: v.detach().clone() for k, v in module.ema.items()}
+    run = runs / "stage2" / "tiny"
+    return {"ckpt": run / "checkpoints" / "last.ckpt", "export": run / "export" / "last.safetensors", "raw": raw,
+            "ema": {**raw, **ema}, "ema_keys": set(ema), "transform": asdict(module.trainer.datamodule.transform)}
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-step tiny stage-2 run under FSDP2 on 2 CPU processes (gloo); its run folder."""
+    runs = tmp_path_factory.mktemp("fsdp_run")
+    args = _fit_args(shards, runs, 1, "--config", str(CONF / "trainer" / "fsdp.yaml"), "--trainer.devices", "2")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "cyberhost.cli", *args], cwd=runs, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return runs / "stage2" / "tiny"
+
+
+def _assert_weights(model: torch.nn.Module, want: dict[str, torch.Tensor]) -> None:
+    got = model.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want), [k for k in want if not torch.equal(got[k], want[k])][:5]
+
+
+@pytest.mark.parametrize("kind", ["ckpt", "export"])
+def test_ema_by_default_raw_with_no_ema(ema_run: dict, kind: str) -> None:
+    assert any(not torch.equal(ema_run["ema"][k], ema_run["raw"][k]) for k in ema_run["ema_keys"])
+    model, settings = load_model(ema_run[kind])
+    _assert_weights(model, ema_run["ema"])
+    assert settings.ema and not model.training
+    model, settings = load_model(ema_run[kind], prefer_ema=False)
+    _assert_weights(model, ema_run["raw"])
+    assert not settings.ema
+
+
+@pytest.mark.parametrize("kind", ["ckpt", "export"])
+def test_settings_come_from_the_checkpoint_record(ema_run: dict, kind: str) -> None:
+    _, settings = load_model(ema_run[kind])
+    assert settings.model == CyberHostConfig(size="tiny", stage=2, sd15_path=None, motion_adapter_path=None,
+                                             wav2vec2_path=None, arcface_path=None)
+    assert asdict(settings.transform) == ema_run["transform"] and settings.transform.num_frames == 8
+    assert settings.buckets.area == 6144 and settings.buckets.multiple == 16  # conf/debug/tiny.yaml
+    assert settings.conditions["transform"]["num_motion"] == 4 and "buckets" in settings.conditions
+    assert settings.schedule == ScheduleConfig()
+
+
+def test_training_yaml_overrides_the_record(ema_run: dict, tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("data:\n  init_args:\n    transform:\n      num_frames: 6\n")
+    _, settings = load_model(ema_run["ckpt"], [overlay], overrides={"orthonormalize": "gram_schmidt"})
+    assert settings.transform.num_frames == 6 and settings.transform.num_motion == 4  # the rest: the record's
+    assert settings.model.orthonormalize == "gram_schmidt" and settings.buckets.area == 6144
+
+
+def test_generation_differs_between_ema_and_raw(ema_run: dict, photo: np.ndarray, photo_keypoints: np.ndarray,
+                                                tmp_path: Path) -> None:
+    audio = write_wav(tmp_path / "a.wav", 0.2)
+    config = GenerateConfig(steps=1, max_frames=2)
+    frames = []
+    for prefer_ema in (True, False):
+        model, settings = load_model(ema_run["ckpt"], prefer_ema=prefer_ema)
+        result = generate_video(model, photo, audio, None, settings=settings, config=config,
+                                backend=FixedBackend(photo_keypoints), progress=False)
+        assert result.frames is not None and result.frames.shape[0] == 2
+        frames.append(result.frames.astype(np.int16))
+    assert np.abs(frames[0] - frames[1]).max() > 0
+
+
+def test_fsdp2_folder_loads_like_its_export(fsdp_run: Path) -> None:
+    folder = fsdp_run / "checkpoints" / "last.ckpt"
+    assert folder.is_dir() and (folder / ".metadata").is_file()
+    exported = load_file(str(fsdp_run / "export" / "last.safetensors"))  # gathered by the run itself, all weights
+    model, settings = load_model(folder)
+    _assert_weights(model, exported)
+    assert not settings.ema and settings.transform.num_frames == 8 and settings.buckets.area == 6144
+    _assert_weights(load_model(folder, prefer_ema=False)[0], exported)
+
+
+def test_generate_never_imports_lightning(ema_run: dict, fsdp_run: Path, photo_file: Path, tmp_path: Path) -> None:
+    """``cyberhost generate`` end to end (MediaPipe, a .ckpt) and loading the other two kinds, in a fresh process."""
+    audio = write_wav(tmp_path / "a.wav", 0.2)
+    out = tmp_path / "out.mp4"
+    script = (
+        "import sys\n"
+        "from cyberhost.cli import main\n"
+        "from cyberhost.inference import load_model\n"
+        f"assert main(['generate', '--image', {str(photo_file)!r}, '--audio', {str(audio)!r}, '--checkpoint', "
+        f"{str(ema_run['ckpt'])!r}, '--output', {str(out)!r}, '--steps', '1', '--max-frames', '2', '--no-progress', "
+        "'--device', 'cpu']) == 0\n"
+        f"load_model({str(ema_run['export'])!r}); load_model({str(fsdp_run / 'checkpoints' / 'last.ckpt')!r})\n"
+        "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')"
+        " or m.startswith('cyberhost.training')))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "LOADED []" in proc.stdout, proc.stdout[-2000:]
+    assert "EMA weights" in proc.stderr and out.is_file()
+
+
+# ----------------------------------------------------------------------------- hand-made files
 
 
 class Foreign:
@@ -23,15 +159,17 @@ class Foreign:
         self.x = 1
 
 
-def test_ckpt_with_saved_dataclasses_loads_weights_only(tmp_path: Path) -> None:
+def test_python_built_module_checkpoint_with_dataclasses(tmp_path: Path) -> None:
+    """A module built in Python pickles its dataclass arguments; the optimiser settings are read as a stand-in."""
+    from cyberhost.training.module import OptimConfig
+
     model = build_model(seed=1)
-    hparams = {"model": model.config, "transform": TransformConfig(num_frames=8)}
-    path = save_lightning_ckpt(model, tmp_path / "dc.ckpt", hparams)
+    hparams = {"model": model.config, "optim": OptimConfig(lr=3e-4), "schedule": ScheduleConfig(zero_terminal_snr=True)}
+    path = save_lightning_ckpt(model, tmp_path / "dc.ckpt", hparams, {"transform": {"num_frames": 8}})
     loaded, settings = load_model(path)
-    assert settings.transform.num_frames == 8 and settings.model == model.config
-    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
-        assert torch.equal(a, b), k
-    assert not loaded.training
+    assert settings.model == model.config and settings.schedule.zero_terminal_snr and settings.transform.num_frames == 8
+    _assert_weights(loaded, model.state_dict())
+    assert not settings.ema
 
 
 def test_foreign_pickle_is_refused_unless_trusted(tmp_path: Path) -> None:
@@ -68,35 +206,14 @@ def test_no_config_anywhere_and_stage1(tmp_path: Path) -> None:
     with pytest.raises(GenerateError, match="no network config"):
         load_model(path)
     stage1 = tmp_path / "s1.yaml"
-    stage1.write_text("model:\n  model:\n    size: tiny\n    stage: 1\n")
+    stage1.write_text("model:\n  init_args:\n    model:\n      size: tiny\n      stage: 1\n")
     with pytest.raises(GenerateError, match="stage-1"):
         load_model(path, [stage1])
 
 
-def test_yaml_composition_and_overrides(tmp_path: Path, train_yaml: Path) -> None:
-    model = build_model()
-    path = save_lightning_ckpt(model, tmp_path / "m.ckpt")
-    overlay = tmp_path / "overlay.yaml"
-    overlay.write_text("data:\n  init_args:\n    transform:\n      num_frames: 6\n")
-    _, settings = load_model(path, [train_yaml, overlay], overrides={"orthonormalize": "gram_schmidt"})
-    assert settings.transform.num_frames == 6 and settings.transform.num_motion == 4
-    assert settings.model.orthonormalize == "gram_schmidt"
-    assert settings.buckets.buckets() == [(64, 64)]
-    assert TRAIN_TREE["model"]["init_args"]["model"]["size"] == settings.model.size
-
-
-def test_strip_prefix_prefers_ema() -> None:
-    t = torch.zeros(1)
-    state = {"model.text_context": t, "model.a": t, "ema.model.text_context": t + 1, "ema.model.a": t + 1}
-    assert strip_prefix(state)["a"].item() == 1
-    assert strip_prefix(state, prefer_ema=False)["a"].item() == 0
-    assert set(strip_prefix({"text_context": t, "b": t})) == {"text_context", "b"}
-    assert CyberHostConfig().size == "tiny"
-
-
 def test_crafted_checkpoint_calling_our_code_is_refused(tmp_path: Path) -> None:
     """A pickled call of one of our own functions is not a config type: refused, and nothing runs."""
-    from cyberhost.training.checkpoints import atomic_write_bytes
+    from cyberhost.weights import atomic_write_bytes
 
     marker = tmp_path / "pwned"
 

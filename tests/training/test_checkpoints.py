@@ -1,4 +1,4 @@
-"""Checkpoint files: the unpickling allowlist, atomic streaming saves, FSDP2 folders, stage-1 mismatches."""
+"""Checkpoint files: the unpickling allowlist, atomic streaming saves, FSDP2 folders, exports, EMA, stage-1 mismatches."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
+from cyberhost import weights
 from cyberhost.diffusion import LossConfig
 from cyberhost.models import CyberHostConfig
 from cyberhost.training import checkpoints
@@ -35,8 +36,7 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"model.w": torch.zeros(1)}, "payload": _CallsOurCode(marker)}, path)
-    assert "cyberhost.training.checkpoints.atomic_write_bytes" in torch.serialization.get_unsafe_globals_in_checkpoint(
-        str(path))
+    assert "cyberhost.weights.atomic_write_bytes" in torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     for load in (lambda: load_network_weights(path, "model.init_args.stage1_checkpoint"),
                  lambda: AtomicCheckpointIO().load_checkpoint(path)):  # stage-1 hand-off and --ckpt_path resume
         with pytest.raises(UnsafeCheckpointError, match=r"atomic_write_bytes.*refusing"):
@@ -50,6 +50,9 @@ def test_checkpoint_with_our_config_dataclasses_loads(tmp_path: Path) -> None:
     torch.save({"state_dict": {"model.w": torch.arange(3.0)}, "hyper_parameters": hparams}, path)
     assert safe_torch_load(path)["hyper_parameters"] == hparams
     assert torch.equal(load_network_weights(path, "x")["w"], torch.arange(3.0))
+    plain = weights.safe_torch_load(path)["hyper_parameters"]  # what generate reads: no training classes
+    assert plain["model"] == hparams["model"] and plain["loss"] == hparams["loss"]
+    assert isinstance(plain["optim"], weights.SavedRecord) and plain["optim"].lr == 3e-4
 
 
 def test_atomic_checkpoint_io_streams_beside_the_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,6 +97,33 @@ def test_distributed_checkpoint_folder_loads_and_other_folders_say_what_to_use(t
         load_network_weights(plain, "model.init_args.stage1_checkpoint")
     with pytest.raises(FileNotFoundError, match=r"stage1_checkpoint: no checkpoint at .*export/last.safetensors"):
         load_network_weights(tmp_path / "missing.ckpt", "model.init_args.stage1_checkpoint")
+
+
+def test_export_round_trip_keeps_raw_ema_and_metadata(tmp_path: Path) -> None:
+    raw = {"a": torch.zeros(2), "b.c": torch.ones(3)}
+    ema = {"b.c": torch.full((3,), 0.5)}
+    path = weights.export_safetensors(raw, tmp_path / "x.safetensors", {"model": {"size": "tiny"}},
+                                      {"transform": {"num_frames": 8}, "hand_clarity": {"p95": 30.0}}, ema)
+    assert sorted(load_file(str(path))) == ["a", "b.c", "ema.b.c"]  # plain safetensors: raw names + ema.*
+    ckpt = weights.read_checkpoint(path)
+    assert ckpt.kind == "safetensors" and ckpt.config == {"model": {"size": "tiny"}}
+    assert ckpt.conditions == {"transform": {"num_frames": 8}, "hand_clarity": {"p95": 30.0}}
+    assert torch.equal(ckpt.weights()["b.c"], ema["b.c"]) and torch.equal(ckpt.weights()["a"], raw["a"])
+    assert torch.equal(ckpt.weights(ema=False)["b.c"], raw["b.c"])
+    assert torch.equal(load_network_weights(path, "x")["b.c"], ema["b.c"])  # the stage-1 hand-off takes EMA too
+    assert torch.equal(load_network_weights(path, "x", ema=False)["b.c"], raw["b.c"])
+    with pytest.raises(ValueError, match=r"EMA weights \['d'\] have no raw weight"):
+        weights.with_ema(raw, {"d": torch.zeros(1)})
+
+
+def test_lightning_ckpt_ema_overlays_the_module_state(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"model.a": torch.zeros(2), "model.b": torch.ones(2)}, "ema": {"b": torch.full((2,), 3.0)},
+                "conditions": {"buckets": {"area": 4096}}, "hyper_parameters": {"model": {"stage": 2}}}, path)
+    ckpt = weights.read_checkpoint(path)
+    assert ckpt.kind == "lightning" and ckpt.conditions == {"buckets": {"area": 4096}}
+    assert ckpt.state.keys() == {"a", "b"} and ckpt.config == {"model": {"stage": 2}}
+    assert ckpt.weights()["b"].tolist() == [3.0, 3.0] and ckpt.weights(ema=False)["b"].tolist() == [1.0, 1.0]
 
 
 @pytest.fixture(scope="module")
