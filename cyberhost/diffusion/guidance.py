@@ -1,7 +1,8 @@
-"""Condition dropout and two-scale classifier-free guidance sampling (CyberHost Sec. 4.1).
+"""Two-scale classifier-free guidance sampling (CyberHost Sec. 4.1).
 
-Training drops the reference and the audio independently so that one network gives
-``eps(ref, audio)``, ``eps(ref, -)`` and ``eps(-, -)``; sampling combines them as::
+Training drops the reference and the audio (the dropout flags of :mod:`cyberhost.data.conditions`)
+so that one network gives ``eps(ref, audio)``, ``eps(ref, -)`` and ``eps(-, -)``; sampling
+combines them as::
 
     eps = eps(-,-) + s_ref*(eps(ref,-) - eps(-,-)) + s_audio*(eps(ref,audio) - eps(ref,-))
 
@@ -20,34 +21,6 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler
 from torch import Tensor
-
-
-@dataclass
-class ConditionDropout:
-    """Per-sample dropout of reference and audio (rates are ours; Hallo's 5 %/5 %/5 %).
-
-    Attributes:
-        p_ref: probability only the reference is dropped.
-        p_audio: probability only the audio is dropped.
-        p_both: probability both are dropped.
-    """
-
-    p_ref: float = 0.05
-    p_audio: float = 0.05
-    p_both: float = 0.05
-
-    def __post_init__(self) -> None:
-        if min(self.p_ref, self.p_audio, self.p_both) < 0 or self.p_ref + self.p_audio + self.p_both > 1:
-            raise ValueError("dropout probabilities must be >= 0 and sum to <= 1")
-
-    def sample(self, batch: int, device: torch.device | str = "cpu",
-               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Returns ``(ref_keep, audio_keep)``, each ``(batch,)`` bool."""
-        u = torch.rand(batch, generator=generator)
-        a, b, c = self.p_ref, self.p_ref + self.p_audio, self.p_ref + self.p_audio + self.p_both
-        drop_ref = (u < a) | ((u >= b) & (u < c))
-        drop_audio = (u >= a) & (u < c)
-        return (~drop_ref).to(device), (~drop_audio).to(device)
 
 
 def combine_guidance(eps_uncond: Tensor, eps_ref: Tensor, eps_full: Tensor, ref_scale: float = 2.5,
