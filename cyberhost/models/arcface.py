@@ -5,7 +5,8 @@ architecture, with the same parameter names), so its released backbones load as 
 dict: ``backbone.pth`` files such as ``ms1mv3_arcface_r100_fp16/backbone.pth`` or
 ``glint360k_cosface_r100_fp16_0.1/backbone.pth`` (load with ``torch.load(weights_only=True)``,
 no code execution) or the same tensors saved as ``.safetensors``. Input: aligned 112x112 RGB face
-in [-1, 1]; output: the 512-d identity embedding. The loaded network is frozen.
+in [-1, 1] (the data aligns the 256-px crop, :func:`align_face` only resizes it); output: the
+512-d identity embedding. The loaded network is frozen.
 """
 
 from __future__ import annotations
@@ -112,7 +113,13 @@ def load_arcface(path: str | Path, arch: str) -> IResNet:
 
 
 def align_face(face: Tensor) -> Tensor:
-    """Resize a square face crop (B, 3, S, S) in [-1, 1] to ArcFace's 112x112 input."""
+    """ArcFace input from a face crop that is already aligned: resize (B, 3, S, S) in [-1, 1] to 112x112.
+
+    The alignment itself (a similarity warp of the face keypoints onto ArcFace's 5-point template,
+    scaled from 112 to S = 256 px) happened in the data, in ``cyberhost.data.faces.align_face_crop``;
+    since that template is the 112-px one scaled uniformly, resizing the crop to 112 lands the
+    landmarks exactly on ArcFace's own template. No geometry is estimated here.
+    """
     if face.shape[-1] == 112 and face.shape[-2] == 112:
         return face
     return F.interpolate(face, size=(112, 112), mode="bilinear", align_corners=False, antialias=True)

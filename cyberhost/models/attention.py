@@ -31,27 +31,27 @@ class InjectionState:
     Attributes:
         bank: written by the reference net: layer name -> attn1 input ``(N, L, C)``.
         reference: layer name -> reference tokens ``(B, L, C)`` for spatial self-attention.
-        ref_mode: ``"all"``, ``"none"`` or ``"mixed"``: whether the forward's ``ref_keep`` keeps every sample,
-            none or some. Decided once per forward by the model, so that the attention layers need
-            no device-to-host read of ``ref_keep`` each.
-        ref_groups: for ``"mixed"``: (kept sample indices ``(Bk,)``, their frame indices
+        reference_mode: ``"kept"``, ``"dropped"`` or ``"mixed"``: whether the forward's ``drop_reference``
+            keeps the reference of every sample, of none or of some. Decided once per forward by the
+            model, so that the attention layers need no device-to-host read of ``drop_reference`` each.
+        reference_groups: for ``"mixed"``: (kept sample indices ``(Bk,)``, their frame indices
             ``(Bk*F,)``, the dropped samples' frame indices, the permutation that puts
             ``cat(kept, dropped)`` frames back in batch order), on the device. Each group then runs
             its own unmasked SDPA: a boolean mask would rule out the flash kernel.
         motion: layer name -> motion-frame tokens ``(B, M, L, C)`` for temporal attention.
         audio: audio tokens ``(B*F, K, D)`` per frame.
-        audio_keep: ``(B,)`` bool, False drops the audio for that sample.
+        drop_audio: ``(B,)`` bool, True drops the audio for that sample; None = dropped for none.
         batch: B, samples in the call (the UNet batch is ``B*F``).
         recording: True while the reference net runs (its processors write ``bank``).
     """
 
     bank: dict[str, Tensor] = field(default_factory=dict)
     reference: dict[str, Tensor] | None = None
-    ref_mode: str = "all"
-    ref_groups: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+    reference_mode: str = "kept"
+    reference_groups: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
     motion: dict[str, Tensor] | None = None
     audio: Tensor | None = None
-    audio_keep: Tensor | None = None
+    drop_audio: Tensor | None = None
     batch: int = 1
     recording: bool = False
 
@@ -59,26 +59,28 @@ class InjectionState:
         """Forget every tensor (call when no backward will follow, e.g. after sampling)."""
         self.bank = {}
         self.reference = self.motion = self.audio = None
-        self.audio_keep = self.ref_groups = None
-        self.ref_mode = "all"
+        self.drop_audio = self.reference_groups = None
+        self.reference_mode = "kept"
 
-    def set_ref_keep(self, keep: Tensor | None, frames: int) -> None:
-        """Decide :attr:`ref_mode` / :attr:`ref_groups` from ``keep`` (``(B,)``, False drops that sample's reference).
+    def set_drop_reference(self, drop: Tensor | None, frames: int, host: Tensor | None = None) -> None:
+        """Decide :attr:`reference_mode` / :attr:`reference_groups` from ``drop`` (``(B,)`` bool, True drops it).
 
-        One device-to-host read per forward, not one per attention layer.
+        One device-to-host read per forward, not one per attention layer; ``host``, a CPU copy of
+        ``drop`` the caller already read, saves even that one.
         """
-        self.ref_groups, self.ref_mode = None, "all"
-        if keep is None:
+        self.reference_groups, self.reference_mode = None, "kept"
+        if drop is None:
             return
-        host = keep.detach().to("cpu", torch.bool)
-        kept = int(host.sum())
-        self.ref_mode = "all" if kept == host.numel() else "none" if kept == 0 else "mixed"
-        if self.ref_mode == "mixed":
+        keep = ~(drop.detach().to("cpu", torch.bool) if host is None else host.to(torch.bool))
+        kept = int(keep.sum())
+        self.reference_mode = "kept" if kept == keep.numel() else "dropped" if kept == 0 else "mixed"
+        if self.reference_mode == "mixed":
             per = torch.arange(frames)
-            keep_s, drop_s = host.nonzero().flatten(), (~host).nonzero().flatten()
+            keep_s, drop_s = keep.nonzero().flatten(), (~keep).nonzero().flatten()
             keep_f, drop_f = (keep_s[:, None] * frames + per).flatten(), (drop_s[:, None] * frames + per).flatten()
             inverse = torch.argsort(torch.cat([keep_f, drop_f]))
-            self.ref_groups = tuple(t.to(keep.device, non_blocking=True) for t in (keep_s, keep_f, drop_f, inverse))
+            self.reference_groups = tuple(t.to(drop.device, non_blocking=True)
+                                          for t in (keep_s, keep_f, drop_f, inverse))
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:
@@ -156,11 +158,11 @@ class ReferenceSelfAttnProcessor:
                  attention_mask: Tensor | None = None, **_: object) -> Tensor:
         _check_plain(attn)
         ref = None if self.state.reference is None else self.state.reference.get(self.name)
-        if ref is None or self.state.ref_mode == "none":
+        if ref is None or self.state.reference_mode == "dropped":
             return sdpa(attn, hidden_states, hidden_states)
-        if self.state.ref_mode == "all":
+        if self.state.reference_mode == "kept":
             return _attend_with_reference(attn, hidden_states, ref)
-        keep_s, keep_f, drop_f, inverse = self.state.ref_groups  # a batch mixing kept and dropped references
+        keep_s, keep_f, drop_f, inverse = self.state.reference_groups  # a batch mixing kept and dropped references
         kept = _attend_with_reference(attn, hidden_states[keep_f], ref[keep_s])  # (Bk*F, L, C)
         dropped = sdpa(attn, hidden_states[drop_f], hidden_states[drop_f])  # (Bd*F, L, C)
         return torch.cat([kept, dropped])[inverse]  # (BF, L, C) in batch order
@@ -197,15 +199,15 @@ class AddedCrossAttention(nn.Module):
         nn.init.zeros_(self.attn.to_out[0].weight)
         nn.init.zeros_(self.attn.to_out[0].bias)
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        """(N, L, C), (N, K, Ck) -> (N, L, C)."""
-        return sdpa(self.attn, x, context)
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+        """(N, L, C), (N, K, Ck) and an optional bool key mask (N, 1, 1, K), True = attend -> (N, L, C)."""
+        return sdpa(self.attn, x, context, mask)
 
 
 class AudioCrossAttnProcessor:
     """Spatial cross-attention (text slot) plus the CyberHost audio attention of each frame.
 
-    ``out = Attn(x, text) + keep * AudioAttn(x, audio_tokens_of_frame)`` with the audio layer's output
+    ``out = Attn(x, text) + (1 - drop) * AudioAttn(x, audio_tokens_of_frame)`` with the audio layer's output
     projection zero-initialised; dropped samples get exactly the audio-free output.
     """
 
@@ -221,10 +223,10 @@ class AudioCrossAttnProcessor:
         if audio is None:
             return out
         audio_out = self.layer(hidden_states, audio.to(hidden_states.dtype))  # (BF, L, C)
-        keep = self.state.audio_keep
-        if keep is not None:
-            frames = hidden_states.shape[0] // keep.shape[0]
-            audio_out = audio_out * keep.to(audio_out.dtype).repeat_interleave(frames).view(-1, 1, 1)
+        drop = self.state.drop_audio
+        if drop is not None:
+            frames = hidden_states.shape[0] // drop.shape[0]
+            audio_out = audio_out * (~drop).to(audio_out.dtype).repeat_interleave(frames).view(-1, 1, 1)
         return out + audio_out
 
 

@@ -60,13 +60,18 @@ class ReferenceFeatures:
         spatial: layer name -> reference tokens ``(B, L, C)`` for spatial self-attention.
         motion: layer name -> motion-frame tokens ``(B, M, L, C)`` for temporal attention, or None.
         face_id: face identity tokens ``(B, T_f, id_dim)`` or None.
-        hand_id: hand identity tokens ``(B, T_h, id_dim)`` or None.
+        hand_id: hand identity tokens ``(B, T_h, id_dim)`` (left hand's tokens, then the right's) or None.
+        face_id_valid: ``(B, T_f)`` bool, True where the token may be attended (a face was found);
+            None = every token valid.
+        hand_id_valid: ``(B, T_h)`` bool, True where the token's hand was found; None = every token valid.
     """
 
     spatial: dict[str, Tensor]
     motion: dict[str, Tensor] | None = None
     face_id: Tensor | None = None
     hand_id: Tensor | None = None
+    face_id_valid: Tensor | None = None
+    hand_id_valid: Tensor | None = None
 
 
 @dataclass
@@ -290,6 +295,8 @@ class CyberHost(nn.Module):
         motion_latents: Tensor | None = None,
         face: Tensor | None = None,
         hand_crops: Tensor | None = None,
+        face_valid: Tensor | None = None,
+        hand_valid: Tensor | None = None,
     ) -> ReferenceFeatures:
         """Run the reference net once (Sec. 3.1) and the identity encoders (Sec. 3.2).
 
@@ -297,8 +304,12 @@ class CyberHost(nn.Module):
             ref_latents: ``(B, 4, h, w)`` reference latent.
             ref_skeleton: ``(B, 3, H, W)`` skeleton map of the reference (pose-aligned reference feature).
             motion_latents: ``(B, M, 4, h, w)`` latents of the motion frames (stage 2).
-            face: ``(B, 3, S, S)`` face crop of the reference in [-1, 1] (stage 2).
+            face: ``(B, 3, S, S)`` face crop of the reference in [-1, 1], already aligned to the
+                ArcFace template by ``cyberhost.data.faces.align_face_crop`` (S = 256) (stage 2).
             hand_crops: ``(B, 2, 3, 128, 128)`` left/right hand crops of the reference (stage 2).
+            face_valid: ``(B,)`` bool, a face was found (False: its tokens are masked out of the
+                identity attention, the black crop is never attended); None = all found.
+            hand_valid: ``(B, 2)`` bool per hand, likewise; None = all found.
         """
         b = ref_latents.shape[0]
         x = ref_latents
@@ -322,8 +333,13 @@ class CyberHost(nn.Module):
             if face is not None:
                 embed = self.face_encoder(align_face(face.to(ref_latents.dtype)))  # (B, 512)
                 feats.face_id = self.face_norm(self.face_proj(embed).unflatten(1, (self.config.spec.face_tokens, -1)))
+                if face_valid is not None:
+                    feats.face_id_valid = _token_mask(face_valid, (b,), feats.face_id.shape[1])  # (B, T_f)
             if hand_crops is not None:
-                feats.hand_id = self.hand_encoder(hand_crops)  # (B, T_h, id_dim)
+                feats.hand_id = self.hand_encoder(hand_crops.to(ref_latents.dtype))  # (B, T_h, id_dim)
+                if hand_valid is not None:
+                    per_hand = self.hand_encoder.tokens_per_hand
+                    feats.hand_id_valid = _token_mask(hand_valid, (b, 2), per_hand)  # (B, T_h)
         return feats
 
     # ---------------------------------------------------------------- forward
@@ -335,8 +351,9 @@ class CyberHost(nn.Module):
         movement_map: Tensor | None = None,
         audio_tokens: Tensor | None = None,
         hand_clarity: Tensor | None = None,
-        ref_keep: Tensor | None = None,
-        audio_keep: Tensor | None = None,
+        hand_clarity_valid: Tensor | None = None,
+        drop_reference: Tensor | None = None,
+        drop_audio: Tensor | None = None,
     ) -> CyberHostOutput:
         """Predict the noise (or v) of a batch of clips.
 
@@ -346,35 +363,55 @@ class CyberHost(nn.Module):
             reference: from :meth:`encode_reference`; None = no reference at all.
             movement_map: ``(B, F, 3, H, W)`` body movement map (pixel resolution, 8x the latent).
             audio_tokens: ``(B, F, K, D)`` from :meth:`encode_audio` (stage 2).
-            hand_clarity: ``(B, F, 2)`` left/right hand clarity scores, NaN where absent (stage 2).
-            ref_keep: ``(B,)`` bool; False drops reference and identity for that sample (CFG).
-            audio_keep: ``(B,)`` bool; False drops the audio for that sample.
+            hand_clarity: ``(B, F, 2)`` left/right hand clarity scores (finite; the value of an
+                absent hand is ignored) (stage 2).
+            hand_clarity_valid: ``(B, F, 2)`` bool, the hand is visible in that frame; None = all visible.
+            drop_reference: ``(B,)`` bool, True drops the reference and identity of that sample
+                (CFG; the motion frames stay); None = dropped for none.
+            drop_audio: ``(B,)`` bool, True drops the audio of that sample; None = dropped for none.
         """
         b, f = noisy_latents.shape[:2]
+        _check_flags(b, drop_reference=drop_reference, drop_audio=drop_audio)
         x = noisy_latents.flatten(0, 1)  # (BF, 4, h, w)
         if movement_map is not None:
             x = x + self.pose_encoder(movement_map.flatten(0, 1).to(x.dtype))
         emb = time_embedding(self.unet, timesteps.expand(b)).repeat_interleave(f, 0)  # (BF, D)
         if hand_clarity is not None and self.config.stage == 2:
-            emb = emb + self.clarity(hand_clarity).to(emb.dtype)
+            if hand_clarity_valid is not None and hand_clarity_valid.shape != hand_clarity.shape:
+                raise ValueError(f"hand_clarity_valid {tuple(hand_clarity_valid.shape)} must match hand_clarity "
+                                 f"{tuple(hand_clarity.shape)}")
+            emb = emb + self.clarity(hand_clarity, hand_clarity_valid).to(emb.dtype)
+            present = hand_clarity if hand_clarity_valid is None else torch.where(hand_clarity_valid, hand_clarity, 0.0)
+            clarity_finite = torch.isfinite(present).all()  # read with the flags below: no extra sync
+        else:
+            clarity_finite = None
+        face_id = None if reference is None else reference.face_id
+        hand_id = None if reference is None else reference.hand_id
+        face_valid = None if face_id is None else reference.face_id_valid
+        hand_valid = None if hand_id is None else reference.hand_id_valid
+        host, face_valid, hand_valid, all_audio_dropped, finite = _read_flags(drop_reference, face_valid, hand_valid,
+                                                                             drop_audio, clarity_finite)
+        if not finite:
+            raise ValueError("hand_clarity is NaN/inf where hand_clarity_valid says the hand is present; mark absent "
+                             "hands in hand_clarity_valid (False) with a finite value (0), not with NaN")
         state = self.state
-        state.batch, state.audio_keep = b, audio_keep
-        state.set_ref_keep(ref_keep, f)
+        state.batch, state.drop_audio = b, drop_audio
+        state.set_drop_reference(drop_reference, f, host=host)
         state.reference = None if reference is None else reference.spatial
         state.motion = None if reference is None else reference.motion
         state.audio = None if audio_tokens is None else audio_tokens.flatten(0, 1)  # (BF, K, D)
+        if all_audio_dropped and not torch.is_grad_enabled():
+            state.audio = None  # sampling's audio-free branches: the same output, without the audio attention
         face_masks: list[Tensor] = []
         hand_masks: list[Tensor] = []
         heatmaps: list[Tensor] = []
-        face_id = None if reference is None else reference.face_id
-        hand_id = None if reference is None else reference.hand_id
 
         def hook(name: str, h: Tensor) -> Tensor:
             if name in self.face_rca:
-                h, logits = self.face_rca[name](h, face_id, f, identity_keep=ref_keep)
+                h, logits = self.face_rca[name](h, face_id, f, face_valid, drop_reference)
                 face_masks.append(logits.unflatten(0, (b, f)))
             if name in self.hand_rca:
-                h, logits = self.hand_rca[name](h, hand_id, f, identity_keep=ref_keep)
+                h, logits = self.hand_rca[name](h, hand_id, f, hand_valid, drop_reference)
                 hand_masks.append(logits.unflatten(0, (b, f)))
                 heatmaps.append(self.heatmap_heads[name](h).unflatten(0, (b, f)))
             return h
@@ -389,16 +426,63 @@ class CyberHost(nn.Module):
         movement_map: Tensor | None = None,
         audio_tokens: Tensor | None = None,
         hand_clarity: Tensor | None = None,
+        hand_clarity_valid: Tensor | None = None,
     ) -> Callable[[Tensor, Tensor, bool, bool], Tensor]:
         """A closure for ``cyberhost.diffusion.GuidedSampler``: ``(x_t, t, use_ref, use_audio) -> prediction``.
 
-        The reference features are computed once by the caller and reused at every step.
+        The reference features are computed once by the caller and reused at every step. A branch
+        without reference or audio sets ``drop_reference`` / ``drop_audio`` for every sample, the
+        same flags condition dropout sets in training (the motion frames stay).
         """
 
         def denoise(x: Tensor, t: Tensor, use_reference: bool, use_audio: bool) -> Tensor:
-            # dropping the reference keeps the motion frames, exactly as ref_keep=False in training
-            keep = None if use_reference else torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-            return self(x, t, reference, movement_map, audio_tokens if use_audio else None, hand_clarity,
-                        ref_keep=keep).sample
+            everyone = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+            return self(x, t, reference, movement_map, audio_tokens, hand_clarity, hand_clarity_valid,
+                        drop_reference=None if use_reference else everyone,
+                        drop_audio=None if use_audio else everyone).sample
 
         return denoise
+
+
+def _token_mask(valid: Tensor, shape: tuple[int, ...], tokens_per_item: int) -> Tensor:
+    """Per-crop validity ``(B,)`` or ``(B, 2)`` -> per-token mask ``(B, items * tokens_per_item)``."""
+    if valid.dtype != torch.bool or tuple(valid.shape) != shape:
+        raise ValueError(f"identity validity must be a bool tensor of shape {shape}, got {valid.dtype} "
+                         f"{tuple(valid.shape)}")
+    return valid.reshape(shape[0], -1).repeat_interleave(tokens_per_item, dim=1)
+
+
+def _check_flags(batch: int, **flags: Tensor | None) -> None:
+    for name, flag in flags.items():
+        if flag is not None and (flag.dtype != torch.bool or tuple(flag.shape) != (batch,)):
+            raise ValueError(f"{name} must be a bool tensor of shape ({batch},) (True = dropped), got "
+                             f"{flag.dtype} {tuple(flag.shape)}")
+
+
+def _read_flags(drop_reference: Tensor | None, face_valid: Tensor | None, hand_valid: Tensor | None,
+                drop_audio: Tensor | None, finite: Tensor | None,
+                ) -> tuple[Tensor | None, Tensor | None, Tensor | None, bool, bool]:
+    """The forward's one device-to-host read.
+
+    Returns:
+        ``(drop_reference on the CPU or None, face mask, hand mask, every audio dropped, finite)``;
+        a token mask that is all True comes back as None, so its RCA keeps the unmasked SDPA path;
+        ``finite`` is the value of the 0-dim ``finite`` (True when None).
+    """
+    given = [t for t in (face_valid, hand_valid) if t is not None]
+    probes = [m.all() for m in given] + ([] if drop_audio is None else [drop_audio.all()])
+    probes += [] if finite is None else [finite]
+    parts = ([] if drop_reference is None else [drop_reference.reshape(-1)]) + [p.reshape(1) for p in probes]
+    if not parts:
+        return None, None, None, False, True
+    host = torch.cat([p.to(parts[0].device, torch.bool) for p in parts]).cpu()
+    i = 0 if drop_reference is None else drop_reference.numel()
+    drop_host = None if drop_reference is None else host[:i]
+    masks: list[Tensor | None] = []
+    for mask in (face_valid, hand_valid):
+        if mask is not None:
+            mask, i = (None if bool(host[i]) else mask), i + 1
+        masks.append(mask)
+    audio_dropped = drop_audio is not None and bool(host[i])
+    i += drop_audio is not None
+    return drop_host, masks[0], masks[1], audio_dropped, finite is None or bool(host[i])

@@ -3,10 +3,11 @@
 * Pose Encoder: encodes the body movement map (added to the noised latent) and, as a separate
   instance, the reference skeleton map (added to the reference latent; pose-aligned reference
   feature). Its output conv is zero, so at init it adds nothing.
-* Hand Encoder: same family, deeper; reads the two 128-px hand crops of the reference image
-  concatenated on channels and returns identity tokens R(I_hand) for the hand RCAs.
-* Hand clarity embedding: per-frame, per-hand clarity scores (std of the Laplacian) -> a vector
-  added to that frame's time embedding; zero-initialised output.
+* Hand Encoder: same family, deeper; encodes each 128-px hand crop of the reference image on its
+  own (shared weights) and concatenates the two token sets, each tagged with a learned left/right
+  embedding, into the identity tokens R(I_hand) for the hand RCAs.
+* Hand clarity embedding: per-frame, per-hand clarity scores (std of the Laplacian) with a
+  validity mask -> a vector added to that frame's time embedding; zero-initialised output.
 """
 
 from __future__ import annotations
@@ -49,26 +50,38 @@ class PoseEncoder(nn.Module):
 
 
 class HandEncoder(nn.Module):
-    """Hand crops (both hands, concatenated) -> identity tokens R(I_hand).
+    """Hand crops -> identity tokens R(I_hand): each hand encoded on its own, the two concatenated.
+
+    Both crops go through one conv stack as a batch of ``2B`` (shared weights), so a hand's tokens
+    depend on that hand's pixels only and a missing hand can be masked out of the identity
+    attention token by token. A learned per-hand embedding (index 0 = the person's left hand, 1 =
+    the right, as ``cyberhost.data.schema.HAND_ORDER``) is added after the norm so that the
+    attention can tell the hands apart.
 
     Args:
         channels: conv stage widths (each after the first halves the 128-px crop).
         id_dim: width of the tokens.
-        grid: side of the token grid (tokens = grid**2).
+        grid: side of each hand's token grid (``grid**2`` tokens per hand).
     """
 
     def __init__(self, channels: tuple[int, ...], id_dim: int, grid: int = 4) -> None:
         super().__init__()
-        self.body = _conv_stack(6, channels)
+        self.body = _conv_stack(3, channels)
         self.pool = nn.AdaptiveAvgPool2d(grid)
         self.proj = nn.Linear(channels[-1], id_dim)
         self.norm = nn.LayerNorm(id_dim)
+        self.hand_embedding = nn.Parameter(torch.randn(2, id_dim) * 0.02)  # ViT-style small init
+        self.tokens_per_hand = grid**2
 
     def forward(self, crops: Tensor) -> Tensor:
-        """(B, 2, 3, S, S) in [-1, 1] -> (B, grid**2, id_dim)."""
+        """(B, 2, 3, S, S) in [-1, 1] -> (B, 2 * grid**2, id_dim): left-hand tokens, then right-hand tokens."""
         b, hands, c, s, _ = crops.shape
-        x = self.pool(self.body(crops.reshape(b, hands * c, s, s)))  # (B, C, g, g)
-        return self.norm(self.proj(x.flatten(2).transpose(1, 2)))
+        if hands != 2:
+            raise ValueError(f"HandEncoder expects 2 hand crops per sample (left, right), got {hands}")
+        x = self.pool(self.body(crops.reshape(b * hands, c, s, s)))  # (2B, C, g, g)
+        tokens = self.norm(self.proj(x.flatten(2).transpose(1, 2)))  # (2B, T, id_dim)
+        tokens = tokens.unflatten(0, (b, hands)) + self.hand_embedding.to(tokens.dtype)[:, None]  # (B, 2, T, id_dim)
+        return tokens.flatten(1, 2)  # (B, 2T, id_dim)
 
 
 class ConvFaceEncoder(nn.Module):
@@ -93,8 +106,11 @@ class ConvFaceEncoder(nn.Module):
 class HandClarityEmbedding(nn.Module):
     """Per-frame (left, right) hand clarity -> time-embedding offset (Sec. 3.3).
 
-    Scores are ``log1p``-compressed and sinusoidally encoded; a missing hand (NaN) contributes a
-    learned "absent" flag instead. The last layer is zero, so it adds nothing at init.
+    Scores are ``log1p``-compressed and sinusoidally encoded. A hand that is absent in a frame
+    (``valid`` False) gets zero sinusoid features and an "absent" flag of 1, so after the first
+    linear layer it contributes that layer's learned absent column (a learned "absent"
+    embedding), whatever its score value. Scores of valid hands must be finite. The last layer
+    is zero, so the embedding adds nothing at init.
 
     Args:
         temb_dim: width of the UNet time embedding.
@@ -108,10 +124,11 @@ class HandClarityEmbedding(nn.Module):
         nn.init.zeros_(self.mlp[2].weight)
         nn.init.zeros_(self.mlp[2].bias)
 
-    def forward(self, clarity: Tensor) -> Tensor:
-        """(B, F, 2) scores (NaN = absent) -> (B*F, temb_dim)."""
-        absent = torch.isnan(clarity)
-        score = torch.log1p(torch.nan_to_num(clarity, nan=0.0).clamp_min(0.0)) * 100.0
-        feats = sinusoid(score, self.freq_dim) * (~absent)[..., None]  # (B, F, 2, freq)
-        feats = torch.cat([feats, absent[..., None].float()], dim=-1).flatten(2)  # (B, F, 2*(freq+1))
+    def forward(self, clarity: Tensor, valid: Tensor | None = None) -> Tensor:
+        """(B, F, 2) scores and (B, F, 2) bool validity (None = every hand present) -> (B*F, temb_dim)."""
+        if valid is None:
+            valid = torch.ones(clarity.shape, dtype=torch.bool, device=clarity.device)
+        score = torch.where(valid, clarity.float(), 0.0).clamp_min(0.0)  # the value of an absent hand is never read
+        feats = sinusoid(torch.log1p(score) * 100.0, self.freq_dim) * valid[..., None]  # (B, F, 2, freq)
+        feats = torch.cat([feats, (~valid)[..., None].float()], dim=-1).flatten(2)  # (B, F, 2*(freq+1))
         return self.mlp(feats.flatten(0, 1).to(self.mlp[0].weight.dtype))

@@ -14,6 +14,10 @@ over frames first goes through a temporal self-attention (with sinusoidal frame 
 its query to ``C_temp`` carries motion across frames. ``M_r`` is predicted by small convs from
 ``F`` and returned as logits for the mask loss (supervised by the region boxes). All output
 projections are zero, so an RCA is a no-op at initialisation.
+
+Identity tokens of a region missing from the reference (no face found, one hand out of view) are
+masked out of the identity attention (``identity_valid``), never attended as a black crop; a
+sample with no valid token, or whose reference is dropped for CFG, gets ``F_id = 0``.
 """
 
 from __future__ import annotations
@@ -99,27 +103,31 @@ class RegionCodebookAttention(nn.Module):
         )
         self.gradient_checkpointing = False
 
-    def forward(self, x: Tensor, identity: Tensor | None, num_frames: int, identity_keep: Tensor | None = None,
-                mask_override: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, identity: Tensor | None, num_frames: int, identity_valid: Tensor | None = None,
+                drop_reference: Tensor | None = None, mask_override: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Apply Eq. 2-5.
 
         Args:
             x: F, ``(B*F, C, h, w)``.
             identity: R(I_r) tokens ``(B, T, id_dim)`` or None (no identity term).
             num_frames: F.
-            identity_keep: ``(B,)`` bool; False removes the identity term of that sample (reference dropped).
+            identity_valid: ``(B, T)`` bool, True = the token may be attended (its region was
+                found in the reference); None = every token valid, which keeps the unmasked SDPA
+                path. A sample with no valid token gets ``F_id = 0``.
+            drop_reference: ``(B,)`` bool, True removes the identity term of that sample (the
+                reference is dropped for CFG); None = dropped for none.
             mask_override: ``(B*F, 1, h, w)`` mask used instead of sigmoid(logits) (tests).
 
         Returns:
             ``(out (B*F, C, h, w), mask logits (B*F, 1, h, w))``.
         """
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(self._forward, x, identity, num_frames, identity_keep,
-                                                     mask_override, use_reentrant=False)
-        return self._forward(x, identity, num_frames, identity_keep, mask_override)
+            return torch.utils.checkpoint.checkpoint(self._forward, x, identity, num_frames, identity_valid,
+                                                     drop_reference, mask_override, use_reentrant=False)
+        return self._forward(x, identity, num_frames, identity_valid, drop_reference, mask_override)
 
-    def _forward(self, x: Tensor, identity: Tensor | None, num_frames: int, identity_keep: Tensor | None,
-                 mask_override: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _forward(self, x: Tensor, identity: Tensor | None, num_frames: int, identity_valid: Tensor | None,
+                 drop_reference: Tensor | None, mask_override: Tensor | None) -> tuple[Tensor, Tensor]:
         n, c, h, w = x.shape
         b = n // num_frames
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (BF, hw, C)
@@ -135,15 +143,29 @@ class RegionCodebookAttention(nn.Module):
         f_motion = f_motion + f_temp.view(b, h * w, num_frames, c).transpose(1, 2).reshape(n, h * w, c)
 
         if identity is not None:
-            ident = identity.to(tokens.dtype).repeat_interleave(num_frames, 0)  # (BF, T, id_dim)
-            f_id = self.identity(tokens, ident)  # (BF, hw, C), Eq. 4
-            if identity_keep is not None:
-                f_id = f_id * identity_keep.to(f_id.dtype).repeat_interleave(num_frames).view(n, 1, 1)
-            f_motion = f_motion + f_id
+            f_motion = f_motion + self._identity_term(tokens, identity, num_frames, identity_valid, drop_reference)
         delta = f_motion.transpose(1, 2).reshape(n, c, h, w)  # (BF, C, h, w)
         logits = self.mask_head(x)  # (BF, 1, h, w)
         mask = torch.sigmoid(logits) if mask_override is None else mask_override
         return x + delta * mask.to(delta.dtype), logits  # Eq. 5
+
+    def _identity_term(self, tokens: Tensor, identity: Tensor, frames: int, valid: Tensor | None,
+                       drop: Tensor | None) -> Tensor:
+        """F_id (Eq. 4) of ``(B*F, hw, C)`` features over the valid identity tokens of their sample."""
+        ident = identity.to(tokens.dtype).repeat_interleave(frames, 0)  # (BF, T, id_dim)
+        gate = None if drop is None else ~drop  # (B,)
+        if valid is None:
+            f_id = self.identity(tokens, ident)  # (BF, hw, C), unmasked: the fast kernels stay available
+        else:
+            any_valid = valid.any(dim=1)  # (B,)
+            # a softmax over no key is NaN: a sample without valid tokens attends to all of them here
+            # and is zeroed below, so nothing of its (invalid) tokens reaches the output or the gradient
+            attend = valid | ~any_valid[:, None]  # (B, T)
+            f_id = self.identity(tokens, ident, attend.repeat_interleave(frames, 0)[:, None, None, :])
+            gate = any_valid if gate is None else gate & any_valid
+        if gate is not None:
+            f_id = f_id * gate.to(f_id.dtype).repeat_interleave(frames).view(-1, 1, 1)
+        return f_id  # (BF, hw, C)
 
 
 class HeatmapHead(nn.Module):

@@ -36,10 +36,14 @@ def inputs(stage: int, batch: int = 2, frames: int = 3, motion: int = 2, seed: i
 
 
 def run(model: CyberHost, x: dict[str, torch.Tensor], **kwargs: object):
-    """Reference encoding + forward; returns (output, reference features)."""
-    ref = model.encode_reference(x["ref_latents"], x["ref_skeleton"], x.get("motion"), x.get("face"), x.get("hands"))
+    """Reference encoding + forward; returns (output, reference features).
+
+    Optional keys of ``x``: ``face_valid`` (B,), ``hand_valid`` (B, 2), ``clarity_valid`` (B, F, 2).
+    """
+    ref = model.encode_reference(x["ref_latents"], x["ref_skeleton"], x.get("motion"), x.get("face"), x.get("hands"),
+                                 face_valid=x.get("face_valid"), hand_valid=x.get("hand_valid"))
     audio = model.encode_audio(x["audio"], x["noisy"].shape[1]) if "audio" in x else None
-    out = model(x["noisy"], x["t"], ref, x["movement"], audio, x.get("clarity"), **kwargs)
+    out = model(x["noisy"], x["t"], ref, x["movement"], audio, x.get("clarity"), x.get("clarity_valid"), **kwargs)
     return out, ref
 
 

@@ -21,7 +21,7 @@ def test_shapes_stage1_and_stage2() -> None:
     assert len(out.face_masks) == 1 and len(out.hand_masks) == 2
     assert [h.shape for h in out.heatmaps] == [(2, 3, 42, LATENT, LATENT)] * 2
     assert out.face_masks[0].shape == (2, 3, 1, LATENT, LATENT)
-    assert ref.face_id.shape == (2, 2, 32) and ref.hand_id.shape == (2, 16, 32)
+    assert ref.face_id.shape == (2, 2, 32) and ref.hand_id.shape == (2, 32, 32)
     assert all(v.shape[:2] == (2, 2) for v in ref.motion.values())
 
 
@@ -118,7 +118,7 @@ def test_reference_dropout_removes_reference() -> None:
     x = inputs(2)
     for key in ("ref_latents", "ref_skeleton", "face", "hands"):
         x[key].requires_grad_(True)
-    out, _ = run(model, x, ref_keep=torch.tensor([False, True]))
+    out, _ = run(model, x, drop_reference=torch.tensor([True, False]))
     out.sample[0].sum().backward(retain_graph=True)
     for key in ("ref_latents", "ref_skeleton", "face", "hands"):
         assert x[key].grad[0].abs().max() == 0, key
@@ -127,7 +127,7 @@ def test_reference_dropout_removes_reference() -> None:
     for key in ("ref_latents", "ref_skeleton", "face", "hands"):
         assert x[key].grad[1].abs().max() > 0, key
     # a dropped sample equals the same sample run with the reference dropped for everyone
-    alone, _ = run(model, x, ref_keep=torch.tensor([False, False]))
+    alone, _ = run(model, x, drop_reference=torch.tensor([True, True]))
     torch.testing.assert_close(out.sample[0], alone.sample[0], rtol=0, atol=1e-5)
 
 
@@ -147,7 +147,7 @@ def test_frame_output_ignores_audio_of_other_frames() -> None:
     # dropping the audio of sample 0 removes its influence entirely
     tokens.grad = None
     ref = model.encode_reference(x["ref_latents"], x["ref_skeleton"], x["motion"], x["face"], x["hands"])
-    out = model(x["noisy"], x["t"], ref, x["movement"], tokens, x["clarity"], audio_keep=torch.tensor([False, True]))
+    out = model(x["noisy"], x["t"], ref, x["movement"], tokens, x["clarity"], drop_audio=torch.tensor([True, False]))
     out.sample.sum().backward()
     assert tokens.grad[0].abs().max() == 0 and tokens.grad[1].abs().max() > 0
 
@@ -194,16 +194,18 @@ def test_every_trainable_parameter_gets_a_gradient(stage: int) -> None:
     assert not unused, unused[:10]
 
 
-def test_keep_all_equals_no_keep_mask() -> None:
+def test_drop_none_equals_no_drop_flags() -> None:
     model = build(2)
     wake_zero_inits(model)
     x = inputs(2)
     a, _ = run(model, x)
-    b, _ = run(model, x, ref_keep=torch.tensor([True, True]))
-    assert model.state.ref_mode == "all"
+    b, _ = run(model, x, drop_reference=torch.tensor([False, False]), drop_audio=torch.tensor([False, False]))
+    assert model.state.reference_mode == "kept"
     torch.testing.assert_close(a.sample, b.sample, rtol=0, atol=0)
-    run(model, x, ref_keep=torch.tensor([True, False]))
-    assert model.state.ref_mode == "mixed"
+    run(model, x, drop_reference=torch.tensor([False, True]))
+    assert model.state.reference_mode == "mixed"
+    run(model, x, drop_reference=torch.tensor([True, True]))
+    assert model.state.reference_mode == "dropped"
 
 
 def test_mixed_reference_batch_equals_masked_attention() -> None:
@@ -221,8 +223,8 @@ def test_mixed_reference_batch_equals_masked_attention() -> None:
     x, ref = torch.randn(b * f, length, 32), torch.randn(b, 7, 32)
     keep = torch.tensor([True, False, True])
     state.reference = {"layer": ref}
-    state.set_ref_keep(keep, f)
-    assert state.ref_mode == "mixed"
+    state.set_drop_reference(~keep, f)
+    assert state.reference_mode == "mixed"
     got = proc(attn, x)
 
     def heads(t: torch.Tensor) -> torch.Tensor:
@@ -235,3 +237,60 @@ def test_mixed_reference_batch_equals_masked_attention() -> None:
     out = F.scaled_dot_product_attention(heads(attn.to_q(x)), heads(k), heads(v), attn_mask=mask)
     want = attn.to_out[0](out.transpose(1, 2).reshape(b * f, length, 32))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_missing_identity_regions_are_masked_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Receptive field by gradient: an invalid crop reaches nothing; all invalid = no identity at all."""
+    from cyberhost.models.rca import RegionCodebookAttention
+
+    model = build(2)
+    wake_zero_inits(model)
+    x = inputs(2)
+    x["face"].requires_grad_(True)
+    x["hands"].requires_grad_(True)
+    x["face_valid"] = torch.tensor([False, True])
+    x["hand_valid"] = torch.tensor([[True, False], [True, True]])  # sample 0 lacks its right hand
+    out, ref = run(model, x)
+    assert ref.face_id_valid.shape == (2, 2) and ref.hand_id_valid.shape == (2, 32)
+    loss = out.sample.sum() + sum(h.sum() for h in out.heatmaps)
+    loss.backward()
+    hands, face = x["hands"].grad.abs().flatten(2).amax(-1), x["face"].grad.abs().flatten(1).amax(-1)  # (B, 2), (B,)
+    assert hands[0, 1] == 0 and hands[0, 0] > 0 and (hands[1] > 0).all()
+    assert face[0] == 0 and face[1] > 0
+
+    seen: list[bool] = []
+    original = RegionCodebookAttention._identity_term
+
+    def spy(self, tokens, identity, frames, valid, drop):  # noqa: ANN001, ANN202
+        seen.append(valid is None)
+        return original(self, tokens, identity, frames, valid, drop)
+
+    monkeypatch.setattr(RegionCodebookAttention, "_identity_term", spy)
+    with torch.no_grad():
+        none_valid = {**x, "face_valid": torch.zeros(2, dtype=torch.bool), "hand_valid": torch.zeros(2, 2, dtype=torch.bool)}
+        masked, _ = run(model, none_valid)
+        no_crops, _ = run(model, {k: v for k, v in x.items() if k not in ("face", "hands")})
+        torch.testing.assert_close(masked.sample, no_crops.sample, rtol=0, atol=0)
+        seen.clear()
+        all_valid = {**x, "face_valid": torch.ones(2, dtype=torch.bool), "hand_valid": torch.ones(2, 2, dtype=torch.bool)}
+        flagged, _ = run(model, all_valid)
+        assert seen == [True] * 3  # every RCA kept the unmasked SDPA path
+        unflagged, _ = run(model, {k: v for k, v in x.items() if k not in ("face_valid", "hand_valid")})
+        torch.testing.assert_close(flagged.sample, unflagged.sample, rtol=0, atol=0)
+
+
+def test_drop_and_validity_flags_are_checked() -> None:
+    model = build(2)
+    x = inputs(2)
+    with pytest.raises(ValueError, match="drop_reference must be a bool"):
+        run(model, x, drop_reference=torch.tensor([1.0, 0.0]))
+    with pytest.raises(ValueError, match="identity validity"):
+        run(model, {**x, "hand_valid": torch.ones(2, dtype=torch.bool)})
+    x["clarity"][0, 1, 0] = float("nan")  # NaN is no "absent" marker
+    with pytest.raises(ValueError, match="hand_clarity is NaN"):
+        run(model, x)
+    valid = torch.ones(x["clarity"].shape, dtype=torch.bool)
+    valid[0, 1, 0] = False
+    with torch.no_grad():
+        out, _ = run(model, {**x, "clarity_valid": valid})
+    assert torch.isfinite(out.sample).all()
