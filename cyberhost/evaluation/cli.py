@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cyberhost evaluate``."""
     p = argparse.ArgumentParser(
         prog="cyberhost evaluate",
-        description="SSIM, PSNR, FID, FVD, CSIM, HKC, HKV and SyncC/SyncD of generated videos.",
+        description="SSIM, PSNR, FID, FVD, CSIM, HKC, HKV, AKD and SyncC/SyncD of generated videos.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     src = p.add_argument_group("inputs")
@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     # the numbers first: a failed write must not lose a long evaluation's results
     for metric, value in result["aggregate"].items():
         print(f"{metric:>8}: {'-' if value is None else f'{value:.4f}'}  (n={result['counts'].get(metric, 0)})")
+    if "akd_frames" in result["counts"]:
+        used, skipped = result["counts"]["akd_frames"], result["counts"]["akd_skipped_frames"]
+        print(f"{'akd':>8}: {used} frame pairs scored, {skipped} skipped (no body/hand point confident in both)")
     for metric, reason in result["skipped"].items():
         print(f"{metric:>8}: skipped - {reason}")
     try:

@@ -33,6 +33,7 @@ from cyberhost.evaluation.inception import load_feature_extractor
 from cyberhost.evaluation.io import read_audio, read_video
 from cyberhost.evaluation.metrics import (
     KeypointFn,
+    average_keypoint_distance,
     backend_keypoint_fn,
     frame_metrics,
     hand_keypoint_confidence,
@@ -45,8 +46,10 @@ __all__ = ["ALL_METRICS", "PROTOCOL", "WEIGHT_FILES", "EvalConfig", "Evaluator",
 
 log = logging.getLogger(__name__)
 
-ALL_METRICS = ("ssim", "psnr", "fid", "fvd", "csim", "hkc", "hkv", "sync")
-PER_VIDEO = ("ssim", "psnr", "csim", "hkc", "hkv", "sync_c", "sync_d", "sync_offset")
+ALL_METRICS = ("ssim", "psnr", "fid", "fvd", "csim", "hkc", "hkv", "akd", "sync")
+PER_VIDEO = ("ssim", "psnr", "csim", "hkc", "hkv", "akd", "akd_norm", "sync_c", "sync_d", "sync_offset")
+FRAME_COUNTS = ("akd_frames", "akd_skipped_frames")
+"""Per-video frame counts that go into ``per_video.csv`` and, summed over videos, into ``counts``."""
 WEIGHT_FILES = {
     "fid": "pt_inception-2015-12-05-6726825d.pth",
     "fvd": "i3d_torchscript.pt",
@@ -55,7 +58,8 @@ WEIGHT_FILES = {
 }
 """File names looked up in ``--weights-dir`` when a metric's weights are not given explicitly."""
 PROTOCOL = {
-    "version": 2,
+    "version": 3,
+    "changes": "3 adds AKD and akd_norm; SSIM, PSNR, FID, FVD, CSIM, HKC, HKV and Sync are computed as in 2",
     "frames": "every decoded frame, paired by index; differing counts are an error unless --length-mismatch truncate",
     "ground_truth_size": "ground truth of another size is centre-cropped to the generated aspect ratio, then resized "
     "to the generated size (bilinear, antialiased); generated frames are never resampled; notes record it",
@@ -66,6 +70,9 @@ PROTOCOL = {
     "csim": "ArcFace 112x112 5-point alignment from keypoints, cosine(reference, frame), mean over frames with a face",
     "hkc": "mean confidence of the 42 hand points over frames with both shoulders (conf>=0.3)",
     "hkv": "std of hand point x/y (conf>=0.3) over the clip at 512 short side, mean over points and axes",
+    "akd": "body 0-16 + hands 91-132 of generated vs ground-truth frame (conf>=0.3 in both), pixels of the generated "
+    "size; mean over points, then frames with a point (others counted as akd_skipped_frames), then videos; "
+    "akd_norm = akd / median ground-truth body-box diagonal",
     "sync": "syncnet_v2, 25 fps face crops from keypoints, MFCC 13, vshift 15; SyncD=min dist, SyncC=median-min",
     "non_finite": "a NaN/inf value is reported as null (JSON) / empty (CSV) with the reason under skipped",
 }
@@ -76,13 +83,13 @@ class EvalConfig:
     """What to compute and with which weights.
 
     Attributes:
-        metrics: subset of ``ssim psnr fid fvd csim hkc hkv sync``.
+        metrics: subset of ``ssim psnr fid fvd csim hkc hkv akd sync``.
         weights_dir: folder searched for the standard weight file names (:data:`WEIGHT_FILES`).
         fid_weights: FID Inception-v3 state dict or TorchScript feature network.
         i3d_weights: I3D TorchScript for FVD.
         face_weights: ArcFace ONNX or TorchScript for CSIM.
         syncnet_weights: ``syncnet_v2.model`` for SyncC/SyncD.
-        keypoints: keypoint backend for HKC/HKV/CSIM/Sync (``mediapipe``, ``rtmlib``, ``none``).
+        keypoints: keypoint backend for HKC/HKV/AKD/CSIM/Sync (``mediapipe``, ``rtmlib``, ``none``).
         keypoint_options: options of the backend (rtmlib: ``det``, ``pose`` ONNX paths).
         length_mismatch: ``error`` or ``truncate`` (to the shorter) when frame counts differ.
         fid_stride: use every n-th frame for FID.
@@ -143,15 +150,25 @@ def _finite(value: Any) -> bool:
     return not isinstance(value, float) or math.isfinite(value)
 
 
+def _metric_of(key: str) -> str:
+    """The ``--metrics`` name a per-video value belongs to (``sync_c`` -> ``sync``, ``akd_norm`` -> ``akd``)."""
+    return "sync" if key.startswith("sync") else "akd" if key == "akd_norm" else key
+
+
+def _skip_key(key: str) -> str:
+    """Where a per-video value's reason goes under ``skipped`` (SyncC/SyncD share one; akd_norm has its own)."""
+    return "sync" if key.startswith("sync") else key
+
+
 def _null_non_finite(record: dict[str, Any]) -> None:
     """Per-video NaN/inf values become None, with the reason under ``skipped`` (never averaged, never written)."""
     for metric in PER_VIDEO:
         value = record.get(metric)
         if value is not None and not _finite(float(value)):
             record[metric] = None
-            base = "sync" if metric.startswith("sync") else metric
             record["skipped"].setdefault(
-                base, f"{metric} came out {value} (degenerate input, e.g. a flat face crop or silent audio)"
+                _skip_key(metric),
+                f"{metric} came out {value} (degenerate input, e.g. a flat face crop or silent audio)",
             )
 
 
@@ -214,7 +231,7 @@ class Evaluator:
                 self.face = load_face_embedder(path, config.batch_size, config.device)
             else:
                 self.sync = sync_mod.load_syncnet(path).to(config.device)
-        needs_kps = wanted & {"csim", "hkc", "hkv", "sync"}
+        needs_kps = wanted & {"csim", "hkc", "hkv", "akd", "sync"}
         self.keypoint_fn = keypoint_fn
         if needs_kps and keypoint_fn is None:
             if config.keypoints == "none":
@@ -293,7 +310,7 @@ class Evaluator:
     def _keypoint_metrics(
         self, pair: VideoPair, gen: np.ndarray, fps: float, gt: np.ndarray | None, record: dict[str, Any]
     ) -> None:
-        wanted = [m for m in ("hkc", "hkv", "csim", "sync") if self._active(m)]
+        wanted = [m for m in ("hkc", "hkv", "akd", "csim", "sync") if self._active(m)]
         if not wanted or self.keypoint_fn is None:
             return
         kps = self.keypoint_fn(gen)
@@ -305,10 +322,34 @@ class Evaluator:
             if metric in record and math.isnan(record[metric]):
                 record[metric] = None
                 record["skipped"][metric] = "no frame with a body (both shoulders) or hand points"
+        if "akd" in wanted:
+            self._akd(kps, gt, record)
         if "csim" in wanted:
             self._csim(pair, gen, kps, gt, record)
         if "sync" in wanted:
             self._sync(pair, gen, fps, kps, record)
+
+    def _akd(self, kps: np.ndarray, gt: np.ndarray | None, record: dict[str, Any]) -> None:
+        """AKD of the generated keypoints against keypoints detected on the (size-matched) ground truth."""
+        if gt is None:
+            record["skipped"]["akd"] = "no ground truth"
+            return
+        result = average_keypoint_distance(kps, self.keypoint_fn(gt))
+        record.update(akd_frames=result.frames, akd_skipped_frames=result.skipped_frames)
+        record["akd_scale"] = result.scale
+        if result.frames == 0:
+            record["akd"] = record["akd_norm"] = None
+            record["skipped"]["akd"] = (
+                f"no frame with a body or hand point confident (>= 0.3) in both generated and ground truth "
+                f"({result.skipped_frames} frames skipped)"
+            )
+            return
+        record["akd"] = result.akd
+        if math.isnan(result.akd_norm):
+            record["akd_norm"] = None
+            record["skipped"]["akd_norm"] = "no ground-truth frame with 2 confident body points to size the person"
+        else:
+            record["akd_norm"] = result.akd_norm
 
     def _csim(
         self, pair: VideoPair, gen: np.ndarray, kps: np.ndarray, gt: np.ndarray | None, record: dict[str, Any]
@@ -365,14 +406,18 @@ class Evaluator:
         skipped = dict(self.skipped)
         for metric in PER_VIDEO:
             values = [v[metric] for v in videos if v.get(metric) is not None]
-            base = "sync" if metric.startswith("sync") else metric
+            base, key = _metric_of(metric), _skip_key(metric)
             if base not in self.config.metrics or base in self.skipped or metric == "sync_offset":
                 continue
             counts[metric] = len(values)
             aggregate[metric] = _nanmean(values) if values else None
-            if not values and base not in skipped:
-                reasons = sorted({v["skipped"].get(base, "") for v in videos} - {""})
-                skipped[base] = "; ".join(reasons) or "no value"
+            if not values and key not in skipped:
+                # akd_norm of a video without AKD has its reason under akd
+                reasons = sorted({v["skipped"].get(key) or v["skipped"].get(base, "") for v in videos} - {""})
+                skipped[key] = "; ".join(reasons) or "no value"
+        if self._active("akd"):
+            for name in FRAME_COUNTS:
+                counts[name] = sum(v.get(name, 0) for v in videos)
         for metric in ("fid", "fvd"):
             if metric not in self.config.metrics or metric in self.skipped:
                 continue
@@ -428,7 +473,7 @@ def write_outputs(
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "metrics.json", "per_video": out / "per_video.csv", "aggregate": out / "aggregate.csv"}
     paths["json"].write_text(json.dumps(result, indent=2, allow_nan=False, default=str) + "\n")
-    columns = ["name", "generated", "ground_truth", "frames", "fps", *PER_VIDEO, "skipped", "notes"]
+    columns = ["name", "generated", "ground_truth", "frames", "fps", *PER_VIDEO, *FRAME_COUNTS, "skipped", "notes"]
     with paths["per_video"].open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)

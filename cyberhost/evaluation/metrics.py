@@ -1,4 +1,4 @@
-"""Per-video metrics: SSIM, PSNR (torchmetrics), HKC and HKV (hand keypoints), and the keypoint adapter.
+"""Per-video metrics: SSIM, PSNR (torchmetrics), HKC, HKV and AKD (keypoints), and the keypoint adapter.
 
 Protocol (numbers are only comparable when these match):
 
@@ -24,34 +24,60 @@ Protocol (numbers are only comparable when these match):
   deviation over the frames where the body is found and that point has confidence ≥ 0.3 (at
   least 2 such frames); HKV is the mean of those 84 (or fewer) standard deviations, in pixels
   at 512 short side. Raw image coordinates, no body-motion compensation.
+* **AKD** (average keypoint distance, the video-driven setting's pose-accuracy metric;
+  :func:`average_keypoint_distance`): keypoints of the dominant person are detected in every
+  generated frame and in the ground-truth frame with the same index (ground truth matched to the
+  generated size as above, so both are in pixels of the evaluated, i.e. generated, frame size).
+  The points are the 17 COCO body points (0-16) and the 42 hand points (91-132), 59 in all; the
+  68 face points are left out (they would outnumber the body and move with the head as one
+  block; MediaPipe gives them no per-point score) and so are the 6 feet points (rarely in a
+  half-body frame; MediaPipe has no small toes). A point counts in a frame when its confidence
+  is ≥ 0.3 in *both* frames; the frame's distance is the mean Euclidean distance of those points
+  in pixels (every counted point weighs the same, so hands weigh 42/59 when fully visible). The
+  video's ``akd`` is the mean over the frames with at least one counted point; frames with none
+  are not scored 0 but counted as ``akd_skipped_frames`` (``akd_frames`` counts the scored
+  ones); a video with no scored frame has no AKD. The data set's value is the mean over videos.
+  ``akd_norm`` is the video's ``akd`` divided by the ground-truth person's size: the median over
+  ground-truth frames of the diagonal of the box around the confident body points (frames with
+  at least 2; one size per video, as a per-frame box jumps when an elbow or hip leaves the
+  frame). It is unitless and comparable across resolutions; ``akd`` in pixels is only
+  comparable at equal generated resolution.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from cyberhost.data.schema import HANDS, LEFT_SHOULDER, NUM_KEYPOINTS, RIGHT_SHOULDER
+from cyberhost.data.schema import BODY, HANDS, LEFT_SHOULDER, NUM_KEYPOINTS, RIGHT_SHOULDER
 
 __all__ = [
+    "AKD_POINTS",
+    "KeypointDistance",
     "KeypointFn",
+    "average_keypoint_distance",
     "backend_keypoint_fn",
     "body_found",
+    "frame_keypoint_distances",
     "frame_metrics",
     "hand_keypoint_confidence",
     "hand_keypoint_variance",
     "match_ground_truth",
+    "person_scale",
     "resize_frames",
 ]
 
 MIN_CONFIDENCE = 0.3
 HKV_SHORT_SIDE = 512
 PSNR_MAX_DB = 100.0
+AKD_POINTS = np.r_[BODY, HANDS]
+"""COCO-WholeBody indices AKD compares: body 0-16 and hands 91-132 (59 points; no face, no feet)."""
 
 KeypointFn = Callable[[np.ndarray], np.ndarray]
 """Maps ``uint8`` RGB frames ``(F, H, W, 3)`` to COCO-WholeBody keypoints ``(F, 133, 3)``."""
@@ -179,6 +205,98 @@ def hand_keypoint_variance(
         if len(xy) >= 2:
             stds.extend(xy.std(axis=0))
     return float(np.mean(stds)) if stds else math.nan
+
+
+def frame_keypoint_distances(
+    generated: np.ndarray,
+    ground_truth: np.ndarray,
+    min_confidence: float = MIN_CONFIDENCE,
+    points: np.ndarray = AKD_POINTS,
+) -> np.ndarray:
+    """Per frame, the mean pixel distance of the ``points`` confident in both frames.
+
+    Args:
+        generated: ``(F, 133, 3)`` x, y, confidence of the generated frames.
+        ground_truth: ``(F, 133, 3)`` of the ground-truth frames, in the same pixel frame.
+        min_confidence: a point counts when its confidence is at or above this in both.
+        points: the COCO-WholeBody indices compared.
+
+    Returns:
+        ``(F,)`` float64, NaN where no point counts.
+
+    Raises:
+        ValueError: wrong or differing shapes.
+    """
+    _check(generated)
+    _check(ground_truth)
+    if generated.shape != ground_truth.shape:
+        raise ValueError(f"generated keypoints {generated.shape} and ground truth {ground_truth.shape} differ")
+    gen = generated[:, points].astype(np.float64)  # (F, P, 3)
+    gt = ground_truth[:, points].astype(np.float64)
+    used = (gen[..., 2] >= min_confidence) & (gt[..., 2] >= min_confidence)  # (F, P)
+    dist = np.linalg.norm(gen[..., :2] - gt[..., :2], axis=-1)  # (F, P)
+    count = used.sum(axis=1)
+    total = np.where(used, dist, 0.0).sum(axis=1)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def person_scale(keypoints: np.ndarray, min_confidence: float = MIN_CONFIDENCE) -> float:
+    """Median over frames of the diagonal of the box around the confident body points (NaN if none).
+
+    Frames with fewer than 2 confident body points (COCO 0-16), or a zero-size box, do not count.
+
+    Args:
+        keypoints: ``(F, 133, 3)``.
+        min_confidence: confidence a body point needs.
+    """
+    _check(keypoints)
+    diagonals = []
+    for body in keypoints[:, BODY].astype(np.float64):
+        xy = body[body[:, 2] >= min_confidence, :2]
+        if len(xy) >= 2:
+            diagonal = float(np.linalg.norm(xy.max(axis=0) - xy.min(axis=0)))
+            if diagonal > 0:
+                diagonals.append(diagonal)
+    return float(np.median(diagonals)) if diagonals else math.nan
+
+
+@dataclass(frozen=True)
+class KeypointDistance:
+    """AKD of one clip (see the module docstring for the protocol).
+
+    Attributes:
+        akd: mean over scored frames of the per-frame mean distance, pixels (NaN: no scored frame).
+        akd_norm: ``akd`` / ``scale`` (NaN when either is).
+        frames: frames with at least one point confident in both (scored).
+        skipped_frames: frames with none (not scored, not counted as 0).
+        scale: the ground-truth person's size, pixels (:func:`person_scale`).
+    """
+
+    akd: float
+    akd_norm: float
+    frames: int
+    skipped_frames: int
+    scale: float
+
+
+def average_keypoint_distance(
+    generated: np.ndarray, ground_truth: np.ndarray, min_confidence: float = MIN_CONFIDENCE
+) -> KeypointDistance:
+    """AKD of one clip: body and hand points of generated vs ground-truth frames paired by index.
+
+    Args:
+        generated: ``(F, 133, 3)`` keypoints of the generated frames (pixels of the evaluated size).
+        ground_truth: ``(F, 133, 3)`` keypoints of the ground-truth frames at the same size.
+        min_confidence: a point counts when its confidence is at or above this in both frames.
+
+    Returns:
+        The clip's :class:`KeypointDistance`.
+    """
+    per_frame = frame_keypoint_distances(generated, ground_truth, min_confidence)
+    scored = per_frame[~np.isnan(per_frame)]
+    akd = float(scored.mean()) if len(scored) else math.nan
+    scale = person_scale(ground_truth, min_confidence)
+    return KeypointDistance(akd, akd / scale, len(scored), len(per_frame) - len(scored), scale)
 
 
 def backend_keypoint_fn(name: str = "mediapipe", **options: object) -> KeypointFn:

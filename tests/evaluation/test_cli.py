@@ -64,12 +64,14 @@ def test_end_to_end_all_metrics(videos, capsys) -> None:
     assert cli.main(argv) == 0
     result = json.loads((out / "metrics.json").read_text())
     agg = result["aggregate"]
-    assert set(agg) == {"ssim", "psnr", "fid", "fvd", "csim", "hkc", "hkv", "sync_c", "sync_d"}
+    assert set(agg) == {"ssim", "psnr", "fid", "fvd", "csim", "hkc", "hkv", "akd", "akd_norm", "sync_c", "sync_d"}
     assert result["skipped"] == {}
     assert 0.5 < agg["ssim"] <= 1 and 20 < agg["psnr"] < 60
     assert agg["fid"] >= 0 and result["counts"]["fid"] == 2 * FRAMES
     assert result["counts"]["fvd"] == 2  # one 16-frame clip per video
     assert agg["hkc"] == pytest.approx(0.8) and agg["hkv"] == pytest.approx(0.0, abs=1e-6)
+    # the stub backend finds the same person in generated and ground-truth frames: 44 points a frame
+    assert agg["akd"] == pytest.approx(0.0) and result["counts"]["akd_frames"] == 2 * FRAMES
     assert -1 <= agg["csim"] <= 1 and np.isfinite(agg["sync_c"])
     # the reference-image fallback is recorded
     assert any("first ground-truth frame" in n for n in result["videos"][0]["notes"])
