@@ -11,6 +11,10 @@
 #             same with gradient checkpointing.
 # generate:   generation speed (25 steps) against the eager loop that re-runs the reference net.
 # profile:    (only when named) torch.profiler table of one sd15 stage-2 step.
+# trainable:  (only when named) stage 2 through the Trainer with every parameter trainable (the paper's
+#             end to end, conf/stage2.yaml) and with only the stage-2 additions (conf/stage2_added.yaml),
+#             each with and without gradient checkpointing: step time and peak memory.
+# losses:     (only when named) Eq. 6's diffusion and heatmap terms at init (benchmarks/loss_terms.py).
 # Everything goes to OUT_DIR/all.log (and a line per part to OUT_DIR/summary.txt), JSON rows to
 # OUT_DIR/<part>.json. Each part has a time limit (LIMIT_<PART> seconds) so one hang cannot eat the rest.
 set -uo pipefail
@@ -57,6 +61,20 @@ fi
 if want generate; then
   part generate "${LIMIT_GENERATE:-300}" $py -m cyberhost.inference.bench --size sd15 --device cuda --steps 25 \
       --segments 2 --json "$out/generate.json"
+fi
+
+if want trainable; then
+  for which in all added; do
+    for ckpt in "--gradient-checkpointing" ""; do
+      tag=${which}${ckpt:+_ckpt}
+      part "trainable_$tag" "${LIMIT_TRAIN:-300}" $py -m cyberhost.training.bench --size sd15 --device cuda --stages 2 \
+          --steps 8 --warmup 3 --workers 8 --stage2-trainable "$which" $ckpt --output "$out/trainable_$tag.json"
+    done
+  done
+fi
+
+if want losses; then
+  part losses "${LIMIT_LOSSES:-200}" $py benchmarks/loss_terms.py --size sd15 --device cuda 2>&1 | tee "$out/losses.json"
 fi
 
 if want train; then

@@ -42,7 +42,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cyberhost.data.buckets import BucketBatcher, BucketConfig, nearest_bucket
 from cyberhost.data.shards import commit_records, iter_raw_samples, list_shards
-from cyberhost.data.transforms import TransformConfig, clip_usable, make_stage1_sample, make_stage2_sample, read_meta
+from cyberhost.data.conditions import make_stage1_sample, make_stage2_sample
+from cyberhost.data.transforms import TransformConfig, clip_usable, read_meta
 
 log = logging.getLogger(__name__)
 

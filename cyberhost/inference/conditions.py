@@ -1,12 +1,15 @@
-"""Conditions of a generation, prepared exactly as training prepares a sample (Sec. 3.2-3.3).
+"""Conditions of a generation, built by the training code itself (:mod:`cyberhost.data.conditions`).
 
-The reference image goes through the keypoint backend and then through the *training* code of
-:mod:`cyberhost.data.transforms` (the deterministic validation view): the person-keeping crop
-of the bucket's aspect ratio, the skeleton map (pose-aligned reference feature), the 256-px face
-crop and the 128-px hand crops, and the body movement map. At inference the movement map is one
-fixed-size box for the whole video: the thorax of the reference is a single point, so its range
-box is training's minimum side (``movement_min_side`` of the height) enlarged by the mean
-factor (1.25 for the paper's 100-150 %), centred on the reference thorax.
+The reference image goes through the keypoint backend and becomes a one-frame clip with the
+arrays data prep would store for it (face/hand boxes, thorax, hand clarity, all from the same
+:mod:`cyberhost.data.regions` functions). :func:`generation_clip` extends it to the video's
+length: per output frame the reference's keypoints (or the driving video's, in the video and
+multimodal modes), the still reference thorax, the chosen hand clarity and the audio. Every
+segment's :class:`~cyberhost.data.conditions.Conditions` then come from
+:func:`~cyberhost.data.conditions.build_conditions` -- the function that makes training samples --
+in its deterministic view: the crop centred on the reference person, the mean movement-box
+enlargement and, since the thorax of a still image is one point, training's smallest movement box
+(``movement_min_side`` of the height) enlarged by the mean factor (1.25 for the paper's 100-150 %).
 
 Driving videos (video-driven and multimodal modes) are in :mod:`.driving`.
 """
@@ -14,72 +17,66 @@ Driving videos (video-driven and multimodal modes) are in :mod:`.driving`.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from torch import Tensor
 
 from cyberhost.data import regions
 from cyberhost.data.buckets import BucketConfig, nearest_bucket
+from cyberhost.data.conditions import Conditions, FrameChoice, build_conditions, focus_box
 from cyberhost.data.keypoints import KeypointBackend, dominant_person
 from cyberhost.data.schema import BODY
-from cyberhost.data.transforms import (
-    TransformConfig,
-    choose_crop,
-    map_points,
-    movement_map,
-    person_box,
-    reference_parts,
-)
+from cyberhost.data.transforms import TransformConfig, choose_crop, map_points
 
 from .errors import GenerateError, KeypointError, NoPersonError
 
-HIGH_CLARITY = 30.0
-"""Hand clarity used for "high" (std of the Laplacian of a 128-px grey crop): sharp crops of
-natural images score about 10-30, blurred (motion) ones 2-5, so 30 is the sharp end of that range
-whatever the data. The score's scale depends on the footage (resolution, compression), so the
-closest match to what the network saw as "sharp" is a high percentile of the training data's own
-``hand_clarity``: :func:`clarity_from_data` (``--hand-clarity-data DIR``)."""
 CLARITY_PERCENTILE = 90.0
-"""Percentile of the training data's hand clarity taken as "high" by :func:`clarity_from_data`."""
+"""Percentile of the training data's hand clarity taken as "high" (recorded by training; see :func:`resolve_clarity`)."""
 MIN_BODY_POINTS = 3
 """Fewest confident COCO body points for a detection to count as a person."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class ReferenceConditions:
-    """The reference image and everything derived from it, at the output size.
+    """The reference image, its person and the crop every segment shares.
 
     Attributes:
-        image: ``(3, H, W)`` uint8 cropped, resized reference.
-        skeleton: ``(3, H, W)`` uint8 skeleton map of the reference.
-        face: ``(3, S, S)`` uint8 face crop; ``face_valid`` False when no face was found.
-        face_valid: whether a face box existed.
-        hands: ``(2, 3, 128, 128)`` uint8 left/right hand crops (black when absent).
-        hands_valid: ``(2,)`` bool.
-        movement_map: ``(3, H, W)`` uint8 fixed-size body movement map.
-        keypoints: ``(133, 3)`` reference keypoints in output pixels.
-        clarity: ``(2,)`` measured hand clarity of the reference (NaN where a hand is absent).
-        size: ``(H, W)``.
+        image: ``(H0, W0, 3)`` uint8 reference as given.
+        clip: the one-frame clip of the reference (the arrays data prep would store; NaN = absent).
+        crop: crop box in ``image`` (training's deterministic person-keeping crop).
+        size: output ``(height, width)``.
+        conditions: the reference's own conditions (one frame): reference, skeleton map, identity
+            crops with validity, movement map; what every segment starts from.
     """
 
-    image: Tensor
-    skeleton: Tensor
-    face: Tensor
-    face_valid: bool
-    hands: Tensor
-    hands_valid: Tensor
-    movement_map: Tensor
-    keypoints: np.ndarray
-    clarity: np.ndarray
+    image: np.ndarray
+    clip: dict[str, Any]
+    crop: np.ndarray
     size: tuple[int, int]
+    conditions: Conditions
+
+    @property
+    def keypoints(self) -> np.ndarray:
+        """``(133, 3)`` reference keypoints in output pixels."""
+        kps = self.clip["keypoints"][0].copy()
+        kps[:, :2] = map_points(kps[:, :2], self.crop, self.size)
+        return kps
+
+    @property
+    def clarity(self) -> np.ndarray:
+        """``(2,)`` measured hand clarity of the reference (NaN where a hand is absent)."""
+        return self.clip["hand_clarity"][0]
 
 
-def _one_frame_clip(frame: np.ndarray, kps: np.ndarray, min_confidence: float) -> dict[str, Any]:
-    """The per-frame arrays of a decoded clip for one image (what ``transforms`` reads)."""
+def one_frame_clip(frame: np.ndarray, kps: np.ndarray, min_confidence: float) -> dict[str, Any]:
+    """The per-frame arrays of a decoded clip for one image, computed as data prep computes them."""
     h, w = frame.shape[:2]
     params = regions.RegionParams(min_confidence=min_confidence)
     k = kps[None]
@@ -126,12 +123,12 @@ def prepare_reference(
     size: tuple[int, int] | None = None,
     name: str = "<array>",
 ) -> ReferenceConditions:
-    """Reference conditions as training makes them (validation view: centred crop, mean box).
+    """Detect the person of the reference and fix the crop (training's validation view).
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
         backend: keypoint backend (one person is used: the largest).
-        transform: training's transform settings (crop sizes, movement box, thresholds).
+        transform: training's transform settings (crop sizes, movement box, thresholds, mode).
         buckets: training resolutions (output size when ``size`` is None).
         size: output ``(height, width)``; None = nearest bucket.
         name: the image's file name for messages.
@@ -148,38 +145,99 @@ def prepare_reference(
         raise NoPersonError(f"no person found in the reference image {name} (keypoint backend {backend.name!r} found "
                             f"no body with {MIN_BODY_POINTS}+ keypoints above confidence {mc}); use a photo showing "
                             "the upper body of one person")
-    size = output_size(image.shape[:2], buckets, size)
-    clip = _one_frame_clip(image, kps, mc)
-    crop = choose_crop(image.shape[:2], size, person_box(clip, [0], mc), transform, None)
-    parts = reference_parts(clip, image, 0, crop, size, transform)
-    box_map, _ = movement_map(clip, [0], crop, size, transform, None)
-    out_kps = kps.copy()
-    out_kps[:, :2] = map_points(kps[:, :2], crop, size)
-    return ReferenceConditions(
-        image=parts["reference"], skeleton=parts["reference_skeleton"], face=parts["face_crop"],
-        face_valid=bool(parts["face_crop_valid"]), hands=parts["hand_crops"], hands_valid=parts["hand_crops_valid"],
-        movement_map=box_map, keypoints=out_kps, clarity=clip["hand_clarity"][0], size=size,
-    )  # fmt: skip
+    return reference_from_keypoints(image, kps, transform, output_size(image.shape[:2], buckets, size))
 
 
-def resolve_clarity(setting: str | float, reference: ReferenceConditions) -> np.ndarray:
-    """Per-hand clarity ``(2,)`` for the hand clarity control.
+def reference_from_keypoints(image: np.ndarray, kps: np.ndarray, transform: TransformConfig,
+                             size: tuple[int, int]) -> ReferenceConditions:
+    """:class:`ReferenceConditions` of an image whose person's keypoints ``(133, 3)`` are known."""
+    clip = one_frame_clip(image, kps, transform.min_confidence)
+    crop = choose_crop(image.shape[:2], size, focus_box(clip, [0], transform), transform, None)
+    cond, _ = build_conditions(clip, FrameChoice(0, (0,)), {0: image}, size, transform, None, stage=1, crop=crop)
+    return ReferenceConditions(image=image, clip=clip, crop=crop, size=size, conditions=cond)
+
+
+def generation_clip(reference: ReferenceConditions, num_frames: int, clarity: np.ndarray, audio: np.ndarray | None,
+                    driving: np.ndarray | None = None) -> dict[str, Any]:
+    """The clip a generation reads its conditions from: ``num_frames`` output frames, then the reference.
 
     Args:
-        setting: ``"high"`` (:data:`HIGH_CLARITY`), ``"reference"`` (the reference's own crops;
-            an absent hand gets ``"high"``), or a number.
         reference: the prepared reference.
+        num_frames: output frames (a multiple of the segment length: the last segment is padded).
+        clarity: ``(2,)`` hand clarity of every output frame (NaN = that hand absent).
+        audio: 16 kHz mono conditioning audio (None: silence, the audio is never attended).
+        driving: ``(N, 133, 3)`` driving keypoints in output pixels (video/multimodal modes);
+            frames past its end hold its last frame.
+
+    Returns:
+        Per-frame arrays of ``num_frames + 1`` frames; index ``num_frames`` is the reference.
     """
+    ref = reference.clip
+    n = num_frames
+    kps = np.repeat(ref["keypoints"], n, axis=0)
+    if driving is not None:
+        idx = np.minimum(np.arange(n), len(driving) - 1)
+        src = driving[idx].copy()  # output pixels -> reference image pixels (the crop is inverted)
+        scale = np.array([(reference.crop[2] - reference.crop[0]) / reference.size[1],
+                          (reference.crop[3] - reference.crop[1]) / reference.size[0]], np.float32)
+        src[..., :2] = src[..., :2] * scale + reference.crop[:2]
+        kps = src.astype(np.float32)
+    wave = np.zeros(0, np.float32) if audio is None else np.asarray(audio, np.float32)
+    clip = {name: np.concatenate([np.repeat(ref[name], n, axis=0), ref[name]]) for name in
+            ("face_box", "hand_boxes", "thorax")}
+    clip["keypoints"] = np.concatenate([kps, ref["keypoints"]])
+    clip["hand_clarity"] = np.concatenate([np.repeat(np.asarray(clarity, np.float32)[None], n, axis=0),
+                                           ref["hand_clarity"]])
+    clip.update(movement_range=ref["movement_range"], audio=wave, width=ref["width"], height=ref["height"],
+                num_frames=n + 1)
+    return clip
+
+
+def segment_conditions(reference: ReferenceConditions, clip: Mapping[str, Any], start: int, length: int,
+                       transform: TransformConfig) -> Conditions:
+    """Conditions of the output frames ``start ... start + length - 1`` (motion frames come from the sampler)."""
+    ref = int(clip["num_frames"]) - 1
+    choice = FrameChoice(ref, tuple(range(start, start + length)))
+    cond, _ = build_conditions(clip, choice, {ref: reference.image}, reference.size, transform, None, stage=2,
+                               crop=reference.crop)
+    return cond
+
+
+def resolve_clarity(setting: str | float, reference: ReferenceConditions,
+                    seen: Mapping[str, float] | None = None) -> np.ndarray:
+    """Per-hand clarity ``(2,)`` of the hand clarity control, inside the range training saw.
+
+    Args:
+        setting: ``"high"`` (the :data:`CLARITY_PERCENTILE` percentile of what training saw),
+            ``"reference"`` (the reference's own crops; an absent hand gets ``"high"``), or a number.
+        reference: the prepared reference.
+        seen: the statistics of the hand clarity training saw (the checkpoint's
+            ``conditions["hand_clarity"]``: ``min``, ``max``, ``p90`` ...); None or empty when unknown.
+
+    Raises:
+        GenerateError: a number outside the range training saw, or not a number.
+    """
+    seen = dict(seen or {})
+    key = f"p{CLARITY_PERCENTILE:g}"
+    own = reference.clarity
+    if key in seen:
+        high = seen[key]
+    else:
+        log.warning("the checkpoint records no hand clarity statistics: 'high' uses the reference's own clarity")
+        high = float(np.nanmax(own)) if np.isfinite(own).any() else float("nan")
     if isinstance(setting, str) and setting == "high":
-        return np.full(2, HIGH_CLARITY, np.float32)
+        return np.full(2, high, np.float32)
     if isinstance(setting, str) and setting == "reference":
-        return np.where(np.isfinite(reference.clarity), reference.clarity, HIGH_CLARITY).astype(np.float32)
+        return np.where(np.isfinite(own), own, high).astype(np.float32)
     try:
         value = float(setting)
     except ValueError as err:
         raise GenerateError(f"hand clarity must be 'high', 'reference' or a number >= 0, got {setting!r}") from err
     if not value >= 0:
         raise GenerateError(f"hand clarity must be >= 0, got {value}")
+    if "min" in seen and not seen["min"] <= value <= seen["max"]:
+        raise GenerateError(f"hand clarity {value:g} lies outside the range training saw "
+                            f"[{seen['min']:.3g}, {seen['max']:.3g}]; use 'high' or a value inside it")
     return np.full(2, value, np.float32)
 
 

@@ -4,15 +4,15 @@ A driving video is decoded one frame at a time: only the frames an output frame 
 the keypoint backend, and only their keypoints (``133 x 3`` floats a frame) are kept. The
 keypoints are cropped like a training clip (one crop over the frames used), mapped to the output
 frame and aligned to the reference (thorax position and shoulder width of the first frame with
-both shoulders). The maps are drawn per segment, when the sampler needs them:
+both shoulders). The maps are drawn per segment by the training code (:func:`cyberhost.data.conditions.draw_driving_map`):
 
 * video-driven: the full skeleton of each frame **replaces** the movement map; it enters the
   network where the movement map does, through the Pose Encoder, added to the noised latent.
 * multimodal: the hand bones of each frame are drawn **over** the reference's movement box, so
   audio drives face and body while the hands follow the driving video.
 
-Both need a network fine-tuned with such maps (the paper trains a variant per mode); a network
-trained on movement boxes only will not follow them. Memory does not grow with the driving
+Both need a network trained with such maps (``transform.mode: video`` / ``multimodal``, the
+overlays in ``conf/modes/``); generation refuses a mode the checkpoint was not trained for. Memory does not grow with the driving
 video's length beyond its keypoints.
 """
 
@@ -23,12 +23,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from cyberhost.data import maps, regions
+from cyberhost.data import regions
 from cyberhost.data.keypoints import KeypointBackend
-from cyberhost.data.schema import HANDS, LEFT_SHOULDER, NUM_KEYPOINTS, RIGHT_SHOULDER
+from cyberhost.data.schema import LEFT_SHOULDER, NUM_KEYPOINTS, RIGHT_SHOULDER
 from cyberhost.data.transforms import TransformConfig, choose_crop, map_points, person_box
 
 from .conditions import ReferenceConditions, detect_person
@@ -190,48 +188,3 @@ def driving_keypoints(
     seq = seq.copy()
     seq[..., :2] = map_points(seq[..., :2], crop, reference.size)
     return align_to_reference(seq, reference.keypoints, mc) if align else seq
-
-
-def draw_driving_maps(seq: np.ndarray, mode: str, reference: ReferenceConditions, min_confidence: float) -> Tensor:
-    """The per-frame maps that go where the movement map goes: ``(N, 3, H, W)`` uint8.
-
-    Args:
-        seq: ``(N, 133, 3)`` aligned driving keypoints (output pixels).
-        mode: ``"video"`` (full skeleton) or ``"multimodal"`` (hand bones over the movement box).
-        reference: the prepared reference (size, movement box).
-        min_confidence: points below it are not drawn.
-    """
-    size = reference.size
-    box = reference.movement_map.permute(1, 2, 0).numpy()
-    out = []
-    for kps in seq:
-        if mode == "video":
-            img = maps.draw_skeleton(kps, size, min_confidence)
-        elif mode == "multimodal":
-            hands = np.zeros_like(kps)
-            hands[HANDS] = kps[HANDS]
-            bones = maps.draw_skeleton(hands, size, min_confidence)
-            img = np.where(bones.any(-1, keepdims=True), bones, box)
-        else:
-            raise GenerateError(f"mode must be 'audio', 'video' or 'multimodal', got {mode!r}")
-        out.append(img)
-    return torch.from_numpy(np.ascontiguousarray(np.stack(out).transpose(0, 3, 1, 2)))
-
-
-class DrivingMaps:
-    """Driving keypoints of a whole generation, drawn into maps one segment at a time.
-
-    Args:
-        keypoints: ``(N, 133, 3)`` aligned keypoints (output pixels) of :func:`driving_keypoints`.
-        mode: ``"video"`` or ``"multimodal"``.
-        reference: the prepared reference.
-        min_confidence: points below it are not drawn.
-    """
-
-    def __init__(self, keypoints: np.ndarray, mode: str, reference: ReferenceConditions, min_confidence: float) -> None:
-        self.keypoints, self.mode, self.reference, self.min_confidence = keypoints, mode, reference, min_confidence
-
-    def segment(self, start: int, length: int) -> Tensor:
-        """Maps ``(length, 3, H, W)`` uint8 of frames ``start...``; frames past the end hold the last one."""
-        idx = np.minimum(np.arange(start, start + length), len(self.keypoints) - 1)
-        return draw_driving_maps(self.keypoints[idx], self.mode, self.reference, self.min_confidence)

@@ -35,20 +35,27 @@ from tqdm.auto import tqdm
 
 from cyberhost.data.keypoints import KeypointBackend, MediaPipeHolistic
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE
-from cyberhost.data.transforms import TransformConfig, audio_window, to_maps, to_unit
+from cyberhost.data.conditions import MODE_OVERLAYS, MODES
+from cyberhost.data.transforms import TransformConfig, to_unit
 from cyberhost.diffusion import GuidedSampler, NoiseSchedule, SamplerConfig
 from cyberhost.evaluation.io import AudioTrack, read_audio, read_audio_track
-from cyberhost.models import CyberHost, ReferenceFeatures
+from cyberhost.models import CyberHost
+from cyberhost.models.conditioning import guided_denoiser, network_inputs
 
-from .conditions import ReferenceConditions, num_output_frames, prepare_reference, resolve_clarity
-from .driving import DrivingMaps, DrivingVideo, driving_keypoints
+from .conditions import (
+    ReferenceConditions,
+    generation_clip,
+    num_output_frames,
+    prepare_reference,
+    resolve_clarity,
+    segment_conditions,
+)
+from .driving import DrivingVideo, driving_keypoints
 from .errors import AudioReadError, GenerateError
 from .loading import InferenceSettings
 from .video import VideoWriter
 
 log = logging.getLogger(__name__)
-
-MODES = ("audio", "video", "multimodal")
 
 
 @dataclass
@@ -163,76 +170,10 @@ def load_audio(path: str | Path) -> np.ndarray:
     return audio
 
 
-def _unit(images: Tensor, device: torch.device) -> Tensor:
-    """uint8 images ``(..., 3, H, W)`` -> float ``[-1, 1]`` on ``device`` (training's :func:`to_unit`)."""
-    return to_unit(images.to(device))
-
-
-def _maps(images: Tensor, device: torch.device) -> Tensor:
-    """uint8 condition maps ``(..., 3, H, W)`` -> float ``[0, 1]`` on ``device`` (training's :func:`to_maps`)."""
-    return to_maps(images.to(device))
-
-
 def _to_uint8(images: Tensor) -> np.ndarray:
     """``(N, 3, H, W)`` in ``[-1, 1]`` -> ``(N, H, W, 3)`` uint8."""
     x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def audio_tokens(model: CyberHost, audio: np.ndarray, start: int, transform: TransformConfig,
-                 device: torch.device) -> Tensor:
-    """Audio tokens ``(1, F, K, D)`` of the ``transform.num_frames`` frames from frame ``start``.
-
-    The window is cut exactly as training cuts a sample's audio (:func:`audio_window`, zero
-    samples past the end), so wav2vec2 and the per-frame context see what they saw in training.
-    """
-    wave = audio_window({"audio": audio}, start, transform)
-    return model.encode_audio(wave[None].to(device), transform.num_frames)
-
-
-# ----------------------------------------------------------------------------- denoisers
-
-
-def _repeat_features(feats: ReferenceFeatures, n: int) -> ReferenceFeatures:
-    def rep(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t.repeat(n, *([1] * (t.dim() - 1)))
-
-    return ReferenceFeatures(
-        spatial={k: rep(v) for k, v in feats.spatial.items()},
-        motion=None if feats.motion is None else {k: rep(v) for k, v in feats.motion.items()},
-        face_id=rep(feats.face_id), hand_id=rep(feats.hand_id),
-    )  # fmt: skip
-
-
-def batched_cfg_denoiser(model: CyberHost, reference: ReferenceFeatures, movement: Tensor | None,
-                         tokens: Tensor | None, clarity: Tensor | None) -> Callable[[Tensor, Tensor, bool, bool], Tensor]:
-    """A ``GuidedSampler`` denoiser that computes the three CFG branches in one batch of 3.
-
-    The sampler asks for ``(ref, audio)`` first at every step; that call runs
-    ``[(-,-), (ref,-), (ref,audio)]`` together (with ``ref_keep``/``audio_keep``, exactly as
-    condition dropout in training) and the next two calls at the same ``x`` are served from it.
-    """
-    ref3 = _repeat_features(reference, 3)
-    cache: dict[str, object] = {}
-
-    def rep(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t.repeat(3, *([1] * (t.dim() - 1)))
-
-    def denoise(x: Tensor, t: Tensor, use_reference: bool, use_audio: bool) -> Tensor:
-        if use_reference and use_audio:
-            dev = x.device
-            ref_keep = torch.tensor([False, True, True], device=dev).repeat_interleave(x.shape[0])
-            audio_keep = torch.tensor([False, False, True], device=dev).repeat_interleave(x.shape[0])
-            out = model(rep(x), rep(t), ref3, rep(movement), rep(tokens), rep(clarity),
-                        ref_keep=ref_keep, audio_keep=audio_keep).sample
-            uncond, ref_only, full = out.chunk(3)
-            cache.update(x=x, outs={(False, False): uncond, (True, False): ref_only})
-            return full
-        if cache.get("x") is not x:
-            raise RuntimeError("batched CFG expects the (reference, audio) branch first at every step")
-        return cache["outs"][(use_reference, use_audio)]  # type: ignore[index]
-
-    return denoise
 
 
 # ----------------------------------------------------------------------------- generation
@@ -275,7 +216,7 @@ class _Inputs:
 
     reference: ReferenceConditions
     wave: np.ndarray | None  # 16 kHz mono: the audio the network hears
-    driving: DrivingMaps | None
+    clip: dict  # the generation clip every segment's conditions are built from
     plan: _Plan
 
 
@@ -325,6 +266,19 @@ def _plan(settings: InferenceSettings, config: GenerateConfig, wave: np.ndarray 
                  driving_frames=min(full, padded), transform=dataclasses.replace(tcfg, num_frames=seg))
 
 
+def check_mode(settings: InferenceSettings, mode: str) -> None:
+    """Refuse a mode the network was not trained for (``transform.mode`` of its training run).
+
+    Raises:
+        GenerateError: naming the trained mode and the overlay that trains the asked one.
+    """
+    trained = settings.transform.mode
+    if mode != trained:
+        raise GenerateError(f"mode {mode!r} needs a network trained with transform.mode: {mode} "
+                            f"({MODE_OVERLAYS[mode]}); this checkpoint was trained for {trained!r} "
+                            f"(settings from {settings.source})")
+
+
 def _prepare(image: str | Path | np.ndarray | ReferenceConditions, audio: str | Path | np.ndarray | None,
              settings: InferenceSettings, config: GenerateConfig, backend: KeypointBackend | None,
              driving: str | Path | tuple[np.ndarray, float] | None) -> _Inputs:
@@ -339,36 +293,13 @@ def _prepare(image: str | Path | np.ndarray | ReferenceConditions, audio: str | 
             raise GenerateError("video and multimodal modes need a driving video (--driving-video)")
         video = DrivingVideo(driving)
     plan = _plan(settings, config, wave, video)
-    maps = None
+    seq = None
     if video is not None:
         seq = driving_keypoints(video, plan.fps, plan.driving_frames, backend, settings.transform, ref,
                                 config.align_driving)
-        maps = DrivingMaps(seq, config.mode, ref, settings.transform.min_confidence)
-    return _Inputs(ref, wave, maps, plan)
-
-
-@dataclass
-class _Static:
-    """Network inputs computed once per generation."""
-
-    ref_latent: Tensor  # (1, 4, h, w)
-    skeleton: Tensor  # (1, 3, H, W) in [0, 1]
-    face: Tensor  # (1, 3, S, S) in [-1, 1]
-    hands: Tensor  # (1, 2, 3, 128, 128) in [-1, 1]
-    clarity: Tensor  # (1, F, 2)
-    box: Tensor  # (1, F, 3, H, W) fixed movement map
-
-
-def _encode_static(model: CyberHost, ref: ReferenceConditions, config: GenerateConfig, seg: int,
-                   device: torch.device) -> _Static:
-    h, w = ref.size
-    ref_latent = model.encode_images(_unit(ref.image[None], device))
-    clarity = torch.from_numpy(resolve_clarity(config.hand_clarity, ref)).to(device)
-    # absent face/hands are black crops, exactly as in training samples
-    return _Static(ref_latent=ref_latent, skeleton=_maps(ref.skeleton[None], device),
-                   face=_unit(ref.face[None], device), hands=_unit(ref.hands[None], device),
-                   clarity=clarity.view(1, 1, 2).expand(1, seg, 2),
-                   box=_maps(ref.movement_map[None, None], device).expand(1, seg, 3, h, w))
+    clarity = resolve_clarity(config.hand_clarity, ref, getattr(settings, "conditions", {}).get("hand_clarity"))
+    clip = generation_clip(ref, plan.segments * plan.seg, clarity, wave, seq)
+    return _Inputs(ref, wave, clip, plan)
 
 
 def _ticking(denoise: Callable[[Tensor, Tensor, bool, bool], Tensor],
@@ -397,23 +328,23 @@ def _decode(model: CyberHost, latents: Tensor, n_keep: int, chunk: int, sink: Ca
 
 def _sample_segments(model: CyberHost, inputs: _Inputs, sampler: GuidedSampler, config: GenerateConfig,
                      sink: Callable[[np.ndarray], None], bar: tqdm) -> None:
-    """The segment loop: reference net once per segment, DDIM with CFG, chunked decode into ``sink``."""
+    """The segment loop: conditions from the contract, reference net once per segment, DDIM with CFG, chunked decode.
+
+    The first segment's motion frames are the reference latent repeated, which training shows
+    (``transform.p_motion_reference``); later segments take the last generated latents.
+    """
     plan, device = inputs.plan, next(model.parameters()).device
     generator = torch.Generator().manual_seed(config.seed)
-    static = _encode_static(model, inputs.reference, config, plan.seg, device)
-    latent_shape = static.ref_latent.shape[1:]
-    motion = static.ref_latent[:, None].expand(1, plan.num_motion, *latent_shape)  # (1, M, 4, h, w)
+    ref_latent = model.encode_images(to_unit(inputs.reference.conditions.reference[None].to(device)))  # (1, 4, h, w)
+    latent_shape = ref_latent.shape[1:]
+    motion = ref_latent[:, None].expand(1, plan.num_motion, *latent_shape)  # (1, M, 4, h, w)
     for s in range(plan.segments):
         lo = s * plan.seg
         bar.set_postfix(segment=f"{s + 1}/{plan.segments}")
-        feats = model.encode_reference(static.ref_latent, static.skeleton, motion if plan.num_motion else None,
-                                       static.face, static.hands)
-        movement = static.box if inputs.driving is None else _maps(inputs.driving.segment(lo, plan.seg)[None], device)
-        tokens = None if inputs.wave is None else audio_tokens(model, inputs.wave, lo, plan.transform, device)
-        if config.batch_cfg and (config.ref_scale, config.audio_scale) != (1.0, 1.0):  # 1, 1: one branch only
-            denoise = batched_cfg_denoiser(model, feats, movement, tokens, static.clarity)
-        else:
-            denoise = model.denoiser(feats, movement, tokens, static.clarity)
+        cond = segment_conditions(inputs.reference, inputs.clip, lo, plan.seg, plan.transform).batched().to(device)
+        kwargs = network_inputs(model, cond, ref_latent, motion if plan.num_motion else None, dropout=False)
+        batched = config.batch_cfg and (config.ref_scale, config.audio_scale) != (1.0, 1.0)  # 1, 1: one branch only
+        denoise = guided_denoiser(model, kwargs, batched, audio=inputs.wave is not None)
         latents = sampler.sample(_ticking(denoise, bar), (1, plan.seg, *latent_shape), device, generator)
         if plan.num_motion:
             motion = _next_motion(motion, latents, plan.num_motion)
@@ -462,6 +393,7 @@ def generate_video(
     settings = settings or InferenceSettings(model=model.config)
     if model.config.stage != 2:
         raise GenerateError("audio-driven generation needs a stage-2 network")
+    check_mode(settings, config.mode)
     own_backend = backend is None and (config.mode != "audio" or not isinstance(image, ReferenceConditions))
     if own_backend:
         backend = MediaPipeHolistic(static_image_mode=True)  # only built when keypoints are needed

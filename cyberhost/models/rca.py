@@ -182,6 +182,11 @@ class HeatmapHead(nn.Module):
         self.net = nn.Sequential(
             nn.Conv2d(channels, hidden, 3, padding=1), nn.SiLU(), nn.Conv2d(hidden, num_keypoints, 1),
         )
+        # a small start: the random head's output energy grows with the map's pixels (at sd15 size the
+        # heatmap term began ~20x the diffusion term); scaled, not zeroed, so its gradient still flows
+        with torch.no_grad():
+            self.net[-1].weight.mul_(0.1)
+            self.net[-1].bias.mul_(0.1)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B*F, C, h, w) -> (B*F, K, h, w)."""

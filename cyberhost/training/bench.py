@@ -93,12 +93,12 @@ def count_flops(module: Any, dm: Any, device: torch.device, precision: str) -> t
 
 
 def build(stage: int, size: str, shards: Path, workers: int, gc: bool, channels_last: bool = False,
-          device: torch.device | None = None) -> tuple[Any, Any, int]:
+          device: torch.device | None = None, stage2_trainable: str = "all") -> tuple[Any, Any, int]:
     """Module (random init on ``device``: building sd15 on the CPU is slow), DataModule and frames per sample."""
     p = PRESETS[size]
     buckets = BucketConfig(area=p["area"], multiple=p["multiple"], tolerance=0.15)
     tf = TransformConfig(num_frames=p["frames"], num_motion=p["motion"], min_gap=2)
-    cfg = CyberHostConfig(size=size, stage=stage)
+    cfg = CyberHostConfig(size=size, stage=stage, stage2_trainable=stage2_trainable)
     with torch.device(device or "cpu"):
         if stage == 1:
             module = Stage1Module(model=cfg, gradient_checkpointing=gc, channels_last=channels_last)
@@ -118,7 +118,7 @@ def run_stage(stage: int, args: argparse.Namespace, shards: Path, peak: float) -
     device = torch.device(args.device)
     precision = "bf16-mixed" if device.type == "cuda" else "32-true"
     module, dm, frames = build(stage, args.size, shards, args.workers, args.gradient_checkpointing,
-                               args.channels_last, device)
+                               args.channels_last, device, args.stage2_trainable)
     flops, frozen_flops = count_flops(module, dm, device, precision)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -136,7 +136,8 @@ def run_stage(stage: int, args: argparse.Namespace, shards: Path, peak: float) -
     row = {
         "stage": stage, "size": args.size, "device": str(device), "device_name": _device_name(device),
         "batch": batch, "frames_per_sample": frames, "gradient_checkpointing": args.gradient_checkpointing,
-        "channels_last": args.channels_last, "step_s": step, "wall_s_per_step": per_step,
+        "channels_last": args.channels_last, "stage2_trainable": args.stage2_trainable if stage == 2 else None,
+        "trainable_params_m": sum(p.numel() for p in module.parameters() if p.requires_grad) / 1e6, "step_s": step, "wall_s_per_step": per_step,
         "samples_per_s": batch / per_step, "frames_per_s": batch * frames / per_step,
         "tflop_per_step": flops / 1e12, "frozen_encoder_tflop": frozen_flops / 1e12,
         "mfu": flops / per_step / peak, "mfu_trained_network": (flops - frozen_flops) / per_step / peak,
@@ -170,6 +171,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="synthetic clips written (0: 2 x workers x stage-1 batch, so every worker fills batches)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--channels-last", action="store_true", help="channels-last conv weights")
+    parser.add_argument("--stage2-trainable", choices=["all", "added"], default="all",
+                        help="stage 2: train everything (the paper's end to end) or only what stage 2 adds")
     parser.add_argument("--yardstick", action="store_true",
                         help="also time the eager diffusers yardstick (cyberhost.bench yard1, yard2) in this run")
     parser.add_argument("--output", type=Path, default=None, help="also write the rows as JSON here")

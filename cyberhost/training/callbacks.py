@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from cyberhost.diffusion import GuidedSampler, SamplerConfig
+from cyberhost.models.conditioning import guided_denoiser
 from cyberhost.training.checkpoints import export_safetensors
 
 
@@ -154,11 +155,8 @@ class ValidationSamples(L.Callback):
         if self.steps > 0:
             cfg = SamplerConfig(self.steps, cfg.ref_scale, cfg.audio_scale, cfg.eta)
         latents = module.encode(batch)
-        size = tuple(batch["target"].shape[-2:])
-        cond = module.conditions(batch, latents, size)
-        cond["ref_keep"] = cond["audio_keep"] = None  # always condition when sampling
-        denoise = module.model.denoiser(cond["reference"], cond["movement_map"], cond.get("audio_tokens"),
-                                        cond.get("hand_clarity"))
+        # the contract's one path with dropout off: every branch sets its own flags, as in generate
+        denoise = guided_denoiser(module.model, module.conditions(batch, latents, dropout=False), batched=False)
         sampler = GuidedSampler(module.schedule.sampling_scheduler(), cfg)
         gen = torch.Generator().manual_seed(module.seed)
         x = sampler.sample(denoise, tuple(latents["target"].shape), latents["target"].device, gen)

@@ -3,8 +3,10 @@
 The base owns what the stages share: building the network, explicit trainable/frozen parameter
 groups (printed as a table at start), AdamW with warm-up, optional EMA, the NaN/Inf guard, grad
 norm logging, FSDP2 sharding (``configure_model``) and the one ``model_step(batch) -> (loss, logs)``
-that serves training and validation. A stage fills in :meth:`CyberHostModule.conditions` (what
-its network is fed besides the noisy latents) and :meth:`CyberHostModule.loss_targets`.
+that serves training and validation. What the network reads comes from the conditions contract
+(:class:`cyberhost.data.conditions.Conditions`, turned into network inputs by
+:func:`cyberhost.models.conditioning.network_inputs`, the function generation uses too); a stage
+fills in :meth:`CyberHostModule.loss_targets`.
 
 Batches come from :mod:`cyberhost.data.datamodule`: images are ``uint8`` and become ``[-1, 1]``
 floats here (on the device); boxes and keypoints are normalised to ``[0, 1]`` with validity flags
@@ -19,13 +21,16 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.distributed.fsdp import fully_shard
 
+from cyberhost.data.conditions import Conditions
 from cyberhost.data.transforms import to_maps, to_unit
 from cyberhost.diffusion import LossConfig, NoiseSchedule, SamplerConfig, ScheduleConfig, cyberhost_losses
 from cyberhost.models import CyberHost, CyberHostConfig, CyberHostOutput
+from cyberhost.models.conditioning import network_inputs
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +93,48 @@ class ParamGroups:
                 raise ValueError(f"param group pattern {pattern!r} is not a valid regex: {err}") from err
 
 
+class ValueReservoir:
+    """A uniform sample of at most ``size`` of the values seen (reservoir sampling), with percentiles.
+
+    Training feeds it every visible hand clarity score of its batches, so the checkpoint can say
+    which range the network saw and what "high" clarity means for this data (generation reads it).
+    """
+
+    def __init__(self, size: int = 16384, seed: int = 0) -> None:
+        self.size, self.seen = size, 0
+        self.values = np.zeros(0, np.float32)
+        self._rng = np.random.default_rng(seed)
+
+    def add(self, values: np.ndarray) -> None:
+        """Offer some values (any shape)."""
+        values = np.asarray(values, np.float32).reshape(-1)
+        room = max(0, self.size - len(self.values))
+        self.values = np.concatenate([self.values, values[:room]])
+        for k, v in enumerate(values[room:]):
+            j = int(self._rng.integers(0, self.seen + room + k + 1))
+            if j < self.size:
+                self.values[j] = v
+        self.seen += len(values)
+
+    def stats(self) -> dict[str, float]:
+        """``count``, ``min``, ``max`` and the percentiles ``p1 ... p99`` (empty when nothing was seen)."""
+        if not len(self.values):
+            return {}
+        out = {"count": float(self.seen), "min": float(self.values.min()), "max": float(self.values.max())}
+        for q in (1, 5, 10, 50, 90, 95, 99):
+            out[f"p{q}"] = float(np.percentile(self.values, q))
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps."""
+        return {"values": torch.from_numpy(self.values.copy()), "seen": self.seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's sample."""
+        self.values = np.asarray(state["values"], np.float32)[: self.size].copy()
+        self.seen = int(state["seen"])
+
+
 def fsdp_units(model: CyberHost) -> list[nn.Module]:
     """Modules to wrap with ``fully_shard``, innermost first: UNet blocks, UNet stems, then the other parts."""
     frozen = {id(m) for part in model.frozen_modules() for m in part.modules()}
@@ -125,15 +172,11 @@ def _graph_anchor(reference: Any) -> Tensor:
 
 
 def to_pixels(batch: dict[str, Tensor], size: tuple[int, int]) -> dict[str, Tensor]:
-    """Normalised keypoints/boxes -> pixels, NaN where absent. Returns keypoints, face_box, hand_boxes."""
+    """The contract's ``[0, 1]`` keypoints and boxes in pixels of the ``size`` frame (validity fields unchanged)."""
     h, w = size
     scale = torch.tensor([w, h, w, h], device=batch["face_box"].device, dtype=torch.float32)
-    kps = batch["keypoints"].float().clone()
-    kps[..., :2] = kps[..., :2] * scale[:2]
-    nan = torch.tensor(float("nan"), device=scale.device)
-    face = torch.where(batch["face_valid"][..., None], batch["face_box"].float() * scale, nan)
-    hands = torch.where(batch["hand_valid"][..., None], batch["hand_boxes"].float() * scale, nan)
-    return {"keypoints": kps, "face_box": face, "hand_boxes": hands}
+    return {"keypoints": batch["keypoints"].float() * scale[:2], "face_box": batch["face_box"].float() * scale,
+            "hand_boxes": batch["hand_boxes"].float() * scale}
 
 
 class CyberHostModule(L.LightningModule):
@@ -184,6 +227,7 @@ class CyberHostModule(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)  # 4-D weights only; before the optimizer sees them
         self.ema: dict[str, Tensor] | None = None
         self._bad_steps = 0
+        self.clarity_seen = ValueReservoir(seed=seed)
 
     # ---------------------------------------------------------------- parameters
     def _apply_param_groups(self) -> None:
@@ -278,9 +322,10 @@ class CyberHostModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---------------------------------------------------------------- one step
-    def conditions(self, batch: dict[str, Tensor], latents: dict[str, Tensor], size: tuple[int, int]) -> dict[str, Any]:
-        """Keyword arguments of ``CyberHost.forward`` besides noisy latents and timesteps (stage hook)."""
-        raise NotImplementedError
+    def conditions(self, batch: dict[str, Tensor], latents: dict[str, Tensor], dropout: bool = True) -> dict[str, Any]:
+        """Keyword arguments of ``CyberHost.forward`` besides noisy latents and timesteps (the contract's one path)."""
+        return network_inputs(self.model, Conditions.from_batch(batch), latents["reference"], latents.get("motion"),
+                              dropout=dropout)
 
     def loss_targets(self, batch: dict[str, Tensor], out: CyberHostOutput, size: tuple[int, int]) -> dict[str, Any]:
         """Keyword arguments of ``cyberhost_losses`` besides pred/target/timesteps (stage hook)."""
@@ -320,12 +365,12 @@ class CyberHostModule(L.LightningModule):
         t = self.schedule.sample_timesteps(x0.shape[0], x0.device, generator=gen)
         noise = torch.randn(x0.shape, generator=gen).to(x0)
         noisy = self.schedule.add_noise(x0, noise, t)
-        cond = self.conditions(batch, latents, size)
+        cond = self.conditions(batch, latents)
         out = self.model(noisy, t, **cond)
         terms = cyberhost_losses(out.sample, self.schedule.target(x0, noise, t), t, self.loss_config,
                                  generator=gen, **self.loss_targets(batch, out, size))
         loss = terms["loss"]
-        if torch.is_grad_enabled() and self.model.state.ref_mode == "none":  # decided once by the forward
+        if torch.is_grad_enabled() and self.model.state.reference_mode == "dropped":  # decided once by the forward
             loss = loss + 0.0 * _graph_anchor(cond["reference"])
         return loss, terms
 
@@ -358,6 +403,12 @@ class CyberHostModule(L.LightningModule):
         return logs["loss"]
 
     # ---------------------------------------------------------------- monitoring, EMA
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Record the visible hand clarity scores of training batches (on the host: no device sync)."""
+        if self.training and isinstance(batch, dict) and "hand_clarity_valid" in batch:
+            self.clarity_seen.add(batch["hand_clarity"][batch["hand_clarity_valid"]].numpy())
+        return batch
+
     def _fsdp1_root(self) -> nn.Module | None:
         """The root ``FullyShardedDataParallel`` module under FSDP v1 (``conf/trainer/fsdp1.yaml``), else None."""
         from torch.distributed.fsdp import FullyShardedDataParallel
@@ -373,6 +424,7 @@ class CyberHostModule(L.LightningModule):
                 if p.grad is not None and type(p).__name__ != "DTensor":
                     torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
         grads = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
+        self._grad_norm = None
         if not grads:
             return
         if sharded:
@@ -384,38 +436,39 @@ class CyberHostModule(L.LightningModule):
             total = square.sqrt()
         else:
             total = torch.nn.utils.get_total_norm(grads, foreach=True)  # a few fused kernels, no per-tensor loop
+        self._grad_norm = total  # clipping (next) reuses it: the norm is computed once per step
         self.log("train/grad_norm", total, rank_zero_only=True)
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
-        """Clip gradients where Lightning's own clipping cannot.
+        """Norm clipping with the norm :meth:`on_before_optimizer_step` already computed (one norm per step).
 
-        * FSDP2: sharded and replicated gradients mix (norm clipping only).
-        * FSDP v1: norm clipping through the root module's ``clip_grad_norm_`` (Lightning refuses it).
-        * fused AdamW (CUDA, no gradient scaler): Lightning refuses to clip for it, assuming it unscales;
-          without a scaler there is nothing to unscale, so clip here.
-        * otherwise: Lightning's clipping.
+        Used for every strategy: Lightning refuses to clip for fused AdamW (assuming it unscales;
+        without a scaler there is nothing to unscale) and for FSDP, and would compute the norm again.
+        FSDP v1 clips through the root module's ``clip_grad_norm_``; value clipping is per element.
         """
         if not gradient_clip_val:
             return None
-        by_value = gradient_clip_algorithm == "value"
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        sharded = getattr(self, "_sharded", False)
         root = self._fsdp1_root()
-        if getattr(self, "_sharded", False):
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            total = torch.sqrt(sum(_full(g.detach().float().norm(2)) ** 2 for g in grads))
-            coef = torch.clamp(gradient_clip_val / (total + 1e-6), max=1.0)
-            for g in grads:
-                g.mul_(coef)
-        elif root is not None and not by_value:
+        if gradient_clip_algorithm == "value":
+            if sharded or root is not None:
+                raise ValueError("trainer.gradient_clip_algorithm: value is not supported with FSDP; use norm")
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val, foreach=True)
+            return None
+        if root is not None:
             root.clip_grad_norm_(gradient_clip_val)
-        elif any(group.get("fused") for group in optimizer.param_groups):
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            if by_value:
-                torch.nn.utils.clip_grad_value_(params, gradient_clip_val, foreach=True)
-            else:
-                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
+            return None
+        total = getattr(self, "_grad_norm", None)
+        if total is None or not params:  # nothing to clip, or called outside the training loop
+            return None
+        coef = torch.clamp(gradient_clip_val / (total + 1e-6), max=1.0)
+        if sharded:  # DTensor and replicated gradients do not mix in one foreach call
+            for p in params:
+                p.grad.mul_(coef)
         else:
-            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            torch._foreach_mul_([p.grad for p in params], coef)
         return None
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -452,19 +505,32 @@ class CyberHostModule(L.LightningModule):
         if self.ema is not None:
             checkpoint["ema"] = {k: v.detach().cpu() for k, v in self.ema.items()}
         checkpoint["conditions"] = self.condition_record()
+        checkpoint["hand_clarity_seen"] = self.clarity_seen.state_dict()
         checkpoint["nonfinite_streak"] = self._bad_steps
 
     def condition_record(self) -> dict[str, Any]:
-        """What this run conditioned on, for generation: its DataModule's clip transform and buckets ({} without one)."""
+        """What this run conditioned on, for generation (JSON-able).
+
+        ``transform`` and ``buckets``: its DataModule's clip settings (the trained mode among them);
+        ``hand_clarity``: statistics of the visible hand clarity scores of the training batches
+        (``min``, ``max``, percentiles; generation's "high" is ``p90`` and it refuses values outside
+        ``[min, max]``). Empty parts are left out.
+        """
+        record: dict[str, Any] = {}
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is None:
-            return {}
-        return {"transform": asdict(dm.transform), "buckets": asdict(dm.buckets)}
+        if dm is not None:
+            record.update(transform=asdict(dm.transform), buckets=asdict(dm.buckets))
+        stats = self.clarity_seen.stats()
+        if stats:
+            record["hand_clarity"] = stats
+        return record
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the EMA weights (moved to the parameters' device at fit start) and the guard's count."""
         if "ema" in checkpoint:
             self.ema = {k: v.clone() for k, v in checkpoint["ema"].items()}
+        if "hand_clarity_seen" in checkpoint:
+            self.clarity_seen.load_state_dict(checkpoint["hand_clarity_seen"])
         self._bad_steps = int(checkpoint.get("nonfinite_streak", 0))
 
     def config_tree(self) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from cyberhost.diffusion import (
     SamplerConfig,
     ScheduleConfig,
     box_masks,
-    keypoint_heatmaps,
     keypoint_region_mask,
 )
 from cyberhost.models import CyberHostConfig, CyberHostOutput
@@ -40,17 +39,10 @@ class Stage1Module(CyberHostModule):
 
     stage = 1
 
-    def conditions(self, batch: dict[str, Tensor], latents: dict[str, Tensor], size: tuple[int, int]) -> dict[str, Any]:
-        """Reference features (with the skeleton map) and the movement map of the target frame."""
-        ref = self.model.encode_reference(latents["reference"], to_maps(batch["reference_skeleton"]))
-        f = latents["target"].shape[1]
-        movement = to_maps(batch["movement_map"]).unsqueeze(1).expand(-1, f, -1, -1, -1)  # (B, F, 3, H, W)
-        return {"reference": ref, "movement_map": movement, "ref_keep": ~batch["drop_reference"]}
-
     def loss_targets(self, batch: dict[str, Tensor], out: CyberHostOutput, size: tuple[int, int]) -> dict[str, Any]:
         """Face/hand keypoint mask M of Eq. 6 at latent resolution."""
         px = to_pixels(batch, size)
-        return {"region_mask": keypoint_region_mask(px["keypoints"], size, _latent_size(size))}
+        return {"region_mask": keypoint_region_mask(px["keypoints"], batch["keypoints_valid"], size, _latent_size(size))}
 
 
 class Stage2Module(CyberHostModule):
@@ -111,37 +103,23 @@ class Stage2Module(CyberHostModule):
         except ValueError as err:
             raise ValueError(f"stage1_checkpoint {path}: {err}") from err
 
-    def conditions(self, batch: dict[str, Tensor], latents: dict[str, Tensor], size: tuple[int, int]) -> dict[str, Any]:
-        """Reference + motion-frame features, identity crops, movement map, audio tokens, hand clarity."""
-        ref = self.model.encode_reference(
-            latents["reference"], to_maps(batch["reference_skeleton"]), latents.get("motion"),
-            to_unit(batch["face_crop"]), to_unit(batch["hand_crops"]),
-        )  # fmt: skip
-        f = latents["target"].shape[1]
-        movement = to_maps(batch["movement_map"]).unsqueeze(1).expand(-1, f, -1, -1, -1)
-        nan = torch.tensor(float("nan"), device=batch["hand_clarity"].device)
-        clarity = torch.where(batch["hand_valid"], batch["hand_clarity"].float(), nan)  # (B, F, 2)
-        return {
-            "reference": ref, "movement_map": movement, "audio_tokens": self.model.encode_audio(batch["audio"], f),
-            "hand_clarity": clarity, "ref_keep": ~batch["drop_reference"], "audio_keep": ~batch["drop_audio"],
-        }  # fmt: skip
-
     def loss_targets(self, batch: dict[str, Tensor], out: CyberHostOutput, size: tuple[int, int]) -> dict[str, Any]:
         """Region mask M, hand heatmaps and face/hand box masks at the largest RCA resolution."""
         px = to_pixels(batch, size)
-        targets: dict[str, Any] = {"region_mask": keypoint_region_mask(px["keypoints"], size, _latent_size(size))}
-        if out.heatmaps:
-            hw = max((h.shape[-2:] for h in out.heatmaps), key=lambda s: s[0] * s[1])
-            targets["heatmaps"] = out.heatmaps
-            targets["heatmap_target"] = keypoint_heatmaps(px["keypoints"][..., HANDS, :], size, tuple(hw))
+        valid = batch["keypoints_valid"]
+        targets: dict[str, Any] = {"region_mask": keypoint_region_mask(px["keypoints"], valid, size, _latent_size(size))}
+        if out.heatmaps:  # targets are drawn per RCA resolution inside the loss
+            targets.update(heatmaps=out.heatmaps, hand_keypoints=px["keypoints"][..., HANDS, :],
+                           hand_keypoints_valid=valid[..., HANDS], image_size=size)
         if out.face_masks:
             hw = max((m.shape[-2:] for m in out.face_masks), key=lambda s: s[0] * s[1])
             targets["face_masks"] = out.face_masks
-            targets["face_box_mask"] = box_masks(px["face_box"].unsqueeze(-2), size, tuple(hw))
+            targets["face_box_mask"] = box_masks(px["face_box"].unsqueeze(-2), batch["face_box_valid"].unsqueeze(-1),
+                                                 size, tuple(hw))
         if out.hand_masks:
             hw = max((m.shape[-2:] for m in out.hand_masks), key=lambda s: s[0] * s[1])
             targets["hand_masks"] = out.hand_masks
-            targets["hand_box_mask"] = box_masks(px["hand_boxes"], size, tuple(hw))
+            targets["hand_box_mask"] = box_masks(px["hand_boxes"], batch["hand_boxes_valid"], size, tuple(hw))
         return targets
 
 

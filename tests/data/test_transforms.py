@@ -13,14 +13,8 @@ import yaml
 from cyberhost.data.buckets import BucketConfig
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE
 from cyberhost.data.shards import encode_clip
-from cyberhost.data.transforms import (
-    TransformConfig,
-    choose_crop,
-    choose_dropout,
-    choose_pair,
-    make_stage1_sample,
-    make_stage2_sample,
-)
+from cyberhost.data.conditions import choose_dropout, choose_frames, make_stage1_sample, make_stage2_sample
+from cyberhost.data.transforms import TransformConfig, choose_crop
 from tests.data.synthetic import make_clip
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -102,12 +96,14 @@ def test_random_crops_keep_the_person() -> None:
 
 def test_stage1_pairs_respect_min_gap() -> None:
     rng = np.random.default_rng(1)
-    gaps = [np.subtract(*choose_pair(24, 8, rng)) for _ in range(3000)]
+    cfg = TransformConfig(min_gap=8)
+    choices = [choose_frames(24, 1, cfg, rng) for _ in range(3000)]
+    gaps = [c.reference - c.targets[0] for c in choices]
     assert min(abs(g) for g in gaps) >= 8
     assert {g > 0 for g in gaps} == {True, False}  # the reference comes before and after the target
     assert max(abs(g) for g in gaps) == 23
     with pytest.raises(ValueError, match="no pair"):
-        choose_pair(8, 8, rng)
+        choose_frames(8, 1, cfg, rng)
 
 
 def test_stage1_sample_frames_are_min_gap_apart() -> None:
@@ -131,7 +127,8 @@ def test_stage2_audio_window_matches_the_target_frames(fps: float, context: int)
     """Audio sample j of the window is clip sample ``round((t0 - context) / fps * 16000) + j``, t0 = first target."""
     clip = _index_clip(30, fps)
     sample = encode_clip(clip)
-    cfg = TransformConfig(num_frames=6, num_motion=3, audio_context=context, fps=fps, face_crop=32, hand_crop=32)
+    cfg = TransformConfig(num_frames=6, num_motion=3, audio_context=context, fps=fps, face_crop=32, hand_crop=32,
+                          p_motion_reference=0.0)
     total = len(clip["audio"])
     for seed in range(12):
         out = make_stage2_sample(sample, (32, 32), cfg, np.random.default_rng(seed))
@@ -148,10 +145,21 @@ def test_stage2_audio_window_matches_the_target_frames(fps: float, context: int)
 
 
 def test_dropout_rates_match_the_config() -> None:
-    cfg = TransformConfig(p_drop_reference=0.10, p_drop_audio=0.20, p_drop_both=0.05)
+    """Reference and audio are dropped independently: each case at the product of its rates."""
+    cfg = TransformConfig(p_drop_reference=0.10, p_drop_audio=0.20)
     rng = np.random.default_rng(2)
     n = 20000
     draws = [choose_dropout(cfg, rng) for _ in range(n)]
-    for case, p in (((True, False), 0.10), ((False, True), 0.20), ((True, True), 0.05), ((False, False), 0.65)):
+    for case, p in (((True, False), 0.08), ((False, True), 0.18), ((True, True), 0.02), ((False, False), 0.72)):
         rate = sum(d == case for d in draws) / n
         assert abs(rate - p) < 4.5 * math.sqrt(p * (1 - p) / n), (case, rate, p)
+
+
+def test_sample_dropout_flags_follow_the_config() -> None:
+    """Through the sample path users take: the flags of many real samples, at the configured rates."""
+    sample = encode_clip(_index_clip(20, 25.0))
+    cfg = TransformConfig(num_frames=6, num_motion=2, p_drop_reference=0.3, p_drop_audio=0.5, face_crop=32, hand_crop=32)
+    flags = np.array([[bool(out["drop_reference"]), bool(out["drop_audio"])] for out in
+                      (make_stage2_sample(sample, (32, 32), cfg, np.random.default_rng(seed)) for seed in range(300))])
+    assert abs(flags[:, 0].mean() - 0.3) < 0.09 and abs(flags[:, 1].mean() - 0.5) < 0.1
+    assert abs((flags[:, 0] & flags[:, 1]).mean() - 0.15) < 0.07

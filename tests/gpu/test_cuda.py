@@ -34,8 +34,8 @@ def test_stage2_bf16_forward_backward_matches_fp32() -> None:
     x = _to(inputs(2))
     want, _ = run(model, x)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        got, _ = run(model, x, ref_keep=torch.tensor([True, False], device=CUDA))
-        same, _ = run(model, x, ref_keep=torch.tensor([True, True], device=CUDA))
+        got, _ = run(model, x, drop_reference=torch.tensor([False, True], device=CUDA))
+        same, _ = run(model, x, drop_reference=torch.tensor([False, False], device=CUDA))
     assert got.sample.dtype == torch.bfloat16 and torch.isfinite(got.sample.float()).all()
     torch.testing.assert_close(same.sample.float(), want.sample, rtol=0.05, atol=0.05)
     loss = got.sample.float().square().mean()

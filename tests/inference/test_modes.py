@@ -13,16 +13,30 @@ from cyberhost.inference.conditions import prepare_reference
 from cyberhost.inference.driving import align_to_reference, source_indices
 from cyberhost.training.synthetic import make_clip
 
-from .conftest import FixedBackend, build_model, settings_for
+from .conftest import FixedBackend, build_model
+from .conftest import settings_for as _settings_for
+
+
+def settings_for(model, mode: str = "audio"):  # noqa: ANN001, ANN201
+    """Generation settings of a network trained for ``mode`` (``transform.mode`` of its training run)."""
+    import dataclasses
+
+    settings = _settings_for(model)
+    return dataclasses.replace(settings, transform=dataclasses.replace(settings.transform, mode=mode))
+
+
+def _box(ref) -> np.ndarray:  # noqa: ANN001
+    """The reference's fixed movement map ``(H, W, 3)`` (audio-mode conditions of the reference)."""
+    return ref.conditions.driving_map[0].permute(1, 2, 0).numpy()
 
 
 def _capture_movement(model) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
 
-    def hook(_module, args):
-        seen.append(args[3].clone())  # forward(noisy, t, reference, movement_map, ...)
+    def hook(_module, args, kwargs):
+        seen.append(kwargs["movement_map"].clone())  # forward(noisy, t, reference=..., movement_map=..., ...)
 
-    model.register_forward_pre_hook(hook)
+    model.register_forward_pre_hook(hook, with_kwargs=True)
     return seen
 
 
@@ -34,7 +48,7 @@ def _driving(photo, photo_keypoints, frames: int = 10):
 
 def test_video_mode_feeds_the_driving_skeleton(photo, photo_keypoints) -> None:
     model = build_model()
-    settings = settings_for(model)
+    settings = settings_for(model, "video")
     clip, backend = _driving(photo, photo_keypoints)
     seen = _capture_movement(model)
     audio = np.zeros(round(0.4 * 16_000), np.float32)  # 10 frames, one segment
@@ -43,8 +57,8 @@ def test_video_mode_feeds_the_driving_skeleton(photo, photo_keypoints) -> None:
     movement = seen[0][0]  # (F, 3, H, W) in [0, 1], as training feeds it
     assert all(torch.equal(m, seen[0]) for m in seen)  # the same maps at every step and CFG branch
     images = (movement * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    ref = prepare_reference(photo, backend, settings.transform, settings.buckets)
-    box = ref.movement_map.permute(1, 2, 0).numpy()
+    ref = prepare_reference(photo, backend, settings_for(model).transform, settings.buckets)
+    box = _box(ref)
     assert not np.array_equal(images[0], box)
     assert len(np.unique(images[0].reshape(-1, 3), axis=0)) > 3  # coloured limbs, not a white box
     # frames past the driving video hold its last frame
@@ -76,14 +90,14 @@ def test_alignment_puts_driving_thorax_on_reference() -> None:
 
 def test_multimodal_draws_driving_hands_over_the_box(photo, photo_keypoints) -> None:
     model = build_model()
-    settings = settings_for(model)
+    settings = settings_for(model, "multimodal")
     clip, backend = _driving(photo, photo_keypoints)
     seen = _capture_movement(model)
     generate_video(model, photo, np.zeros(round(0.4 * 16_000), np.float32), None, settings=settings,
                    config=GenerateConfig(mode="multimodal", steps=1), backend=backend,
                    driving=(clip["frames"], 25.0), progress=False)
     images = (seen[0][0] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    box = prepare_reference(photo, backend, settings.transform, settings.buckets).movement_map.permute(1, 2, 0).numpy()
+    box = _box(prepare_reference(photo, backend, settings_for(model).transform, settings.buckets))
     drawn = images[0] != box
     assert drawn.any()  # hand bones added
     white = (box == 255).all(-1)
@@ -109,7 +123,7 @@ def test_driving_video_person_missing_is_named(photo, photo_keypoints) -> None:
             return super().__call__(frame) if frame.shape == photo.shape else np.zeros((0, 133, 3), np.float32)
 
     with pytest.raises(NoPersonError, match="driving video"):
-        generate_video(model, photo, np.zeros(1600, np.float32), None, settings=settings_for(model),
+        generate_video(model, photo, np.zeros(1600, np.float32), None, settings=settings_for(model, "video"),
                        config=GenerateConfig(mode="video", steps=1), backend=PhotoOnly(photo_keypoints),
                        driving=(frames, 25.0), progress=False)
 
@@ -137,7 +151,6 @@ def _whole_video_maps(path, ref, backend, transform, fps: float, total: int, mod
     from cyberhost.data.transforms import choose_crop, map_points, person_box
     from cyberhost.evaluation.io import read_video
     from cyberhost.inference.conditions import detect_person
-    from cyberhost.inference.driving import draw_driving_maps
 
     mc = transform.min_confidence
     frames, src_fps = read_video(path)
@@ -149,7 +162,16 @@ def _whole_video_maps(path, ref, backend, transform, fps: float, total: int, mod
             "width": frames.shape[2], "height": frames.shape[1]}
     crop = choose_crop(frames.shape[1:3], ref.size, person_box(clip, list(range(len(seq))), mc), transform, None)
     seq[..., :2] = map_points(seq[..., :2], crop, ref.size)
-    return draw_driving_maps(align_to_reference(seq, ref.keypoints, mc), mode, ref, mc)
+    out = []
+    for kps in align_to_reference(seq, ref.keypoints, mc):
+        if mode == "video":
+            out.append(maps.draw_skeleton(kps, ref.size, mc))
+        else:
+            hands = np.zeros_like(kps)
+            hands[HANDS] = kps[HANDS]
+            bones = maps.draw_skeleton(hands, ref.size, mc)
+            out.append(np.where(bones.any(-1, keepdims=True), bones, _box(ref)))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
 
 
 @pytest.mark.parametrize(("mode", "fps"), [("video", 30.0), ("multimodal", 60.0)])
@@ -163,10 +185,10 @@ def test_streamed_driving_video_equals_whole_video(tmp_path, photo, photo_keypoi
     path = tmp_path / "drive.mp4"
     write_video(path, clip["frames"], fps)
     model = build_model()
-    settings = settings_for(model)
+    settings = settings_for(model, mode)
     backend = _ContentBackend(photo_keypoints, clip["keypoints"][0])
     audio = np.zeros(round(0.72 * 16_000), np.float32)  # 18 frames: two segments; the driving video ends first
-    ref = prepare_reference(photo, backend, settings.transform, settings.buckets)
+    ref = prepare_reference(photo, backend, settings_for(model).transform, settings.buckets)
     expected = _whole_video_maps(path, ref, backend, settings.transform, 25.0, 18, mode)  # (18, 3, H, W)
     assert not torch.equal(expected[0], expected[8])  # the figure moves, so the comparison can fail
     monkeypatch.setattr(eval_io, "read_video", lambda *a, **k: pytest.fail("the driving video was read whole"))
@@ -201,3 +223,13 @@ def test_generate_closes_the_backend_it_builds(photo, photo_keypoints, monkeypat
         generate_video(model, np.zeros((64, 64, 3), np.uint8), np.zeros(1600, np.float32), None,
                        settings=settings_for(model), config=GenerateConfig(steps=1), progress=False)
     assert len(built) == 2 and all(b.closed for b in built)
+
+
+@pytest.mark.parametrize(("trained", "asked"), [("audio", "video"), ("audio", "multimodal"), ("video", "audio")])
+def test_generate_refuses_a_mode_the_network_was_not_trained_for(photo, photo_keypoints, trained, asked) -> None:
+    model = build_model()
+    clip, backend = _driving(photo, photo_keypoints)
+    with pytest.raises(Exception, match=rf"mode '{asked}' needs a network trained with transform.mode: {asked}"):
+        generate_video(model, photo, np.zeros(1600, np.float32), None, settings=settings_for(model, trained),
+                       config=GenerateConfig(mode=asked, steps=1), backend=backend, driving=(clip["frames"], 25.0),
+                       progress=False)

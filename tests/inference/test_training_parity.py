@@ -17,7 +17,8 @@ import torch
 from cyberhost.data import regions
 from cyberhost.data.buckets import BucketConfig
 from cyberhost.data.shards import decode_frames, encode_clip
-from cyberhost.data.transforms import TransformConfig, make_stage2_sample
+from cyberhost.data.conditions import make_stage2_sample
+from cyberhost.data.transforms import TransformConfig
 from cyberhost.inference import GenerateConfig, generate_video
 from cyberhost.inference.loading import InferenceSettings
 from cyberhost.models import CyberHost, CyberHostConfig
@@ -76,7 +77,7 @@ def test_generation_conditions_match_training(photo: np.ndarray, photo_keypoints
     torch.manual_seed(0)
     module = Stage2Module(RANDOM_STAGE1, model=CyberHostConfig(size="tiny", stage=2)).eval()
     model = module.model
-    tcfg = TransformConfig(num_frames=FRAMES, num_motion=MOTION, fps=FPS)
+    tcfg = TransformConfig(num_frames=FRAMES, num_motion=MOTION, fps=FPS, p_motion_reference=0.0)
     size = (64, 64)
     raw = encode_clip(_still_clip(photo, photo_keypoints, FRAMES + MOTION))
     image = decode_frames(raw, [0])[0]  # the pixels training sees (after JPEG)
@@ -86,7 +87,7 @@ def test_generation_conditions_match_training(photo: np.ndarray, photo_keypoints
     train = _Spy(model)
     with torch.no_grad():
         latents = module.encode(batch)
-        conditions = module.conditions(batch, latents, size)
+        conditions = module.conditions(batch, latents)
         model(torch.zeros_like(latents["target"]), torch.zeros(1, dtype=torch.long), **conditions)
 
     infer = _Spy(model)
@@ -104,6 +105,6 @@ def test_generation_conditions_match_training(photo: np.ndarray, photo_keypoints
     torch.testing.assert_close(infer.fwd["movement_map"], train.fwd["movement_map"], rtol=0, atol=1e-6)
     torch.testing.assert_close(infer.fwd["audio_tokens"], train.fwd["audio_tokens"], rtol=1e-5, atol=1e-5)
     seen, measured = infer.fwd["hand_clarity"], train.fwd["hand_clarity"]
-    present = torch.isfinite(measured)
+    present = train.fwd["hand_clarity_valid"]
     torch.testing.assert_close(seen[present], measured[present], rtol=1e-5, atol=1e-4)
-    assert torch.isfinite(seen).all()  # an absent hand gets the "high" control, never NaN
+    assert torch.isfinite(seen).all() and torch.isfinite(measured).all()  # value + mask, never NaN

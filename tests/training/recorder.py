@@ -16,5 +16,5 @@ class BatchRecorder(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         path = Path(os.environ["BATCH_LOG"]) / f"batches_rank{trainer.global_rank}.json"
         seen = json.loads(path.read_text()) if path.exists() else []
-        seen.append([trainer.global_step, float(batch["target"].float().sum() + batch["movement_map"].float().sum())])
+        seen.append([trainer.global_step, float(batch["target"].float().sum() + batch["driving_map"].float().sum())])
         path.write_text(json.dumps(seen))

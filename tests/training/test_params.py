@@ -36,13 +36,25 @@ def test_stage_configs_name_the_trainable_groups(clis: dict[int, object]) -> Non
     for name, p in m1.model.named_parameters():
         tail = name.startswith(REFERENCE_TAIL)
         assert p.requires_grad == (not name.startswith("vae.") and not tail), name
-    for name, p in m2.model.named_parameters():
+    for name, p in m2.model.named_parameters():  # stage 2 end to end (Sec. 4.1): stage-1 parts train on
         pretrained = name.startswith(("vae.", "audio.wav2vec2."))
-        assert p.requires_grad == (not pretrained and any(a in name for a in STAGE2_ADDED)), name
+        assert p.requires_grad == (not pretrained and not name.startswith(REFERENCE_TAIL)), name
     table = m2.param_table()
     assert "trainable patterns" in table and "reference_net" in table and "hand_rca" in table
     total = sum(p.numel() for p in m2.model.parameters() if p.requires_grad)
     assert f"{total:,}" in table.splitlines()[-1]
+
+
+def test_added_overlay_trains_only_what_stage2_adds(shards: Path, tmp_path: Path) -> None:
+    from tests.training.conftest import CONF
+
+    args = tiny_args(2, shards, tmp_path, 2, "--model.init_args.stage1_checkpoint", "random")
+    args = [*args[:7], "--config", str(CONF / "stage2_added.yaml"), *args[7:]]  # after the stage and tiny configs
+    module = build_cli(args, run=False).model
+    assert module.model_config.stage2_trainable == "added"
+    for name, p in module.model.named_parameters():
+        pretrained = name.startswith(("vae.", "audio.wav2vec2."))
+        assert p.requires_grad == (not pretrained and any(a in name for a in STAGE2_ADDED)), name
 
 
 @pytest.mark.parametrize(("stage", "drop_ref", "drop_audio"), [(1, False, False), (1, True, False), (2, False, False),
