@@ -33,8 +33,10 @@ from cyberhost.data.transforms import TransformConfig
 from cyberhost.diffusion import GuidedSampler, NoiseSchedule, SamplerConfig
 from cyberhost.models import CyberHost, CyberHostConfig
 
-from .conditions import ReferenceConditions
-from .pipeline import GenerateConfig, _autocast, _maps, _unit, audio_tokens, generate_video
+from cyberhost.data.transforms import audio_window, to_maps, to_unit
+
+from .conditions import ReferenceConditions, reference_from_keypoints
+from .pipeline import GenerateConfig, _autocast, generate_video
 
 
 @dataclass
@@ -51,19 +53,11 @@ class BenchResult:
 
 
 def synthetic_reference(size: tuple[int, int], seed: int = 0) -> ReferenceConditions:
-    """Random reference conditions of ``size`` (random init makes real images pointless)."""
-    g = np.random.default_rng(seed)
-    h, w = size
+    """Reference conditions of the drawn synthetic figure at ``size`` (random init makes real images pointless)."""
+    from cyberhost.training.synthetic import make_clip
 
-    def img(*shape: int) -> torch.Tensor:
-        return torch.from_numpy(g.integers(0, 256, shape, dtype=np.uint8))
-
-    box = torch.zeros(3, h, w, dtype=torch.uint8)
-    box[:, h // 3 : h // 2, w // 3 : 2 * w // 3] = 255
-    return ReferenceConditions(image=img(3, h, w), skeleton=img(3, h, w), face=img(3, 256, 256), face_valid=True,
-                               hands=img(2, 3, 128, 128), hands_valid=torch.tensor([True, True]), movement_map=box,
-                               keypoints=np.zeros((133, 3), np.float32), clarity=np.full(2, 20.0, np.float32),
-                               size=size)
+    clip = make_clip("bench-0000", num_frames=1, size=size, seed=seed)
+    return reference_from_keypoints(clip["frames"][0], clip["keypoints"][0], TransformConfig(), size)
 
 
 def eager_generate(model: CyberHost, ref: ReferenceConditions, audio: np.ndarray, cfg: GenerateConfig,
@@ -75,15 +69,16 @@ def eager_generate(model: CyberHost, ref: ReferenceConditions, audio: np.ndarray
     generator = torch.Generator().manual_seed(cfg.seed)
     window = TransformConfig(num_frames=num_frames, num_motion=num_motion, fps=fps)
     out = []
+    cond = ref.conditions.batched().to(device)
     with torch.inference_mode(), _autocast(device, cfg.autocast):
-        ref_latent = model.encode_images(_unit(ref.image[None], device))
-        skeleton, face = _maps(ref.skeleton[None], device), _unit(ref.face[None], device)
-        hands = _unit(ref.hands[None], device)
-        movement = _maps(ref.movement_map[None, None], device).expand(1, num_frames, -1, -1, -1)
-        clarity = torch.full((1, num_frames, 2), 30.0, device=device)
+        ref_latent = model.encode_images(to_unit(cond.reference))
+        skeleton, face, hands = to_maps(cond.reference_skeleton), to_unit(cond.face_crop), to_unit(cond.hand_crops)
+        movement = to_maps(cond.driving_map).expand(1, num_frames, -1, -1, -1)
+        clarity = torch.full((1, num_frames, 2), 20.0, device=device)
         motion = ref_latent[:, None].expand(1, num_motion, *ref_latent.shape[1:])
         for s in range(segments):
-            seg_tokens = audio_tokens(model, audio, s * num_frames, window, device)
+            wave = audio_window({"audio": audio}, s * num_frames, window)[None].to(device)
+            seg_tokens = model.encode_audio(wave, num_frames)
             feats: dict[str, object] = {}
 
             def denoise(x: torch.Tensor, t: torch.Tensor, use_ref: bool, use_audio: bool,

@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--height", type=int, help="output height (multiple of 8); default: nearest training bucket")
     s.add_argument("--width", type=int, help="output width (multiple of 8)")
     s.add_argument("--hand-clarity", default="high",
-                   help="hand clarity control: 'high' (a fixed 30.0, or the percentile of --hand-clarity-data), "
-                        "'reference' (the reference's own hands) or a number")
+                   help="hand clarity control: 'high' (the 90th percentile of the scores training saw, recorded in "
+                        "the checkpoint; or the percentile of --hand-clarity-data), 'reference' (the reference's own "
+                        "hands) or a number inside the range training saw")
     s.add_argument("--hand-clarity-data", metavar="DIR",
                    help="prepared training data (data_prep output): 'high' becomes a percentile of its hand_clarity")
     s.add_argument("--hand-clarity-percentile", type=float, default=CLARITY_PERCENTILE,

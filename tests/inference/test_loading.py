@@ -88,7 +88,7 @@ def test_ema_by_default_raw_with_no_ema(ema_run: dict, kind: str) -> None:
 def test_settings_come_from_the_checkpoint_record(ema_run: dict, kind: str) -> None:
     _, settings = load_model(ema_run[kind])
     assert settings.model == CyberHostConfig(size="tiny", stage=2, sd15_path=None, motion_adapter_path=None,
-                                             wav2vec2_path=None, arcface_path=None)
+                                             wav2vec2_path=None, arcface_path=None, stage2_trainable="all")
     assert asdict(settings.transform) == ema_run["transform"] and settings.transform.num_frames == 8
     assert settings.buckets.area == 6144 and settings.buckets.multiple == 16  # conf/debug/tiny.yaml
     assert settings.conditions["transform"]["num_motion"] == 4 and "buckets" in settings.conditions
@@ -226,3 +226,31 @@ def test_crafted_checkpoint_calling_our_code_is_refused(tmp_path: Path) -> None:
     with pytest.raises(GenerateError, match="atomic_write_bytes.*--trust-checkpoint"):
         load_model(path)
     assert not marker.exists()
+
+
+def test_hand_clarity_generate_feeds_stays_inside_what_training_saw(ema_run: dict, shards: Path, photo: np.ndarray,
+                                                                    photo_keypoints: np.ndarray) -> None:
+    """Training records the clarity scores of its batches; 'high' is their p90 and nothing outside them is fed."""
+    import io
+
+    from cyberhost.data.shards import iter_raw_samples, list_shards
+
+    model, settings = load_model(ema_run["ckpt"])
+    seen = settings.conditions["hand_clarity"]
+    stored = np.concatenate([np.load(io.BytesIO(s["hand_clarity.npy"])).reshape(-1) for shard in list_shards(shards)
+                             for s in iter_raw_samples(shard)])
+    stored = stored[np.isfinite(stored)]
+    assert seen["count"] > 0 and stored.min() - 1e-4 <= seen["min"] <= seen["p90"] <= seen["max"] <= stored.max() + 1e-4
+    fed: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda _m, _a, kw: fed.append(kw["hand_clarity"][kw["hand_clarity_valid"]]),
+                                    with_kwargs=True)
+    audio = np.zeros(3200, np.float32)
+    generate_video(model, photo, audio, None, settings=settings, config=GenerateConfig(steps=1, max_frames=2),
+                   backend=FixedBackend(photo_keypoints), progress=False)
+    values = torch.cat(fed)
+    assert values.numel() > 0 and torch.allclose(values, torch.tensor(seen["p90"]))
+    assert bool(((values >= seen["min"]) & (values <= seen["max"])).all())
+    with pytest.raises(GenerateError, match="outside the range training saw"):
+        generate_video(model, photo, audio, None, settings=settings,
+                       config=GenerateConfig(steps=1, max_frames=2, hand_clarity=seen["max"] * 2 + 1),
+                       backend=FixedBackend(photo_keypoints), progress=False)

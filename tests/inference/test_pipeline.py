@@ -8,7 +8,7 @@ import torch
 
 from cyberhost.diffusion import GuidedSampler, combine_guidance
 from cyberhost.inference import GenerateConfig, generate_video
-from cyberhost.inference.pipeline import batched_cfg_denoiser
+from cyberhost.models.conditioning import guided_denoiser
 
 from ..models.conftest import wake_zero_inits
 from .conftest import FixedBackend, build_model, settings_for
@@ -28,9 +28,9 @@ def test_long_audio_continues_with_motion_frames(photo, photo_keypoints, monkeyp
     motions: list[torch.Tensor] = []
     encode = model.encode_reference
 
-    def spy(ref_latents, ref_skeleton=None, motion_latents=None, face=None, hand_crops=None):
+    def spy(ref_latents, ref_skeleton=None, motion_latents=None, *args, **kwargs):
         motions.append(motion_latents.clone())
-        return encode(ref_latents, ref_skeleton, motion_latents, face, hand_crops)
+        return encode(ref_latents, ref_skeleton, motion_latents, *args, **kwargs)
 
     monkeypatch.setattr(model, "encode_reference", spy)
     samples: list[torch.Tensor] = []
@@ -83,7 +83,9 @@ def test_batched_cfg_equals_three_calls(photo, photo_keypoints) -> None:
     clarity = torch.full((1, 3, 2), 30.0)
     x, t = torch.randn(1, 3, 4, 8, 8, generator=g), torch.tensor([500])
     plain = model.denoiser(ref, movement, tokens, clarity)
-    batched = batched_cfg_denoiser(model, ref, movement, tokens, clarity)
+    inputs = {"reference": ref, "movement_map": movement, "audio_tokens": tokens, "hand_clarity": clarity,
+              "hand_clarity_valid": torch.ones(1, 3, 2, dtype=torch.bool)}
+    batched = guided_denoiser(model, inputs, batched=True)
     with torch.no_grad():
         full_b = batched(x, t, True, True)
         parts_b = [batched(x, t, False, False), batched(x, t, True, False)]
