@@ -29,11 +29,9 @@ import numpy as np
 import torch
 
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE
-from cyberhost.data.transforms import TransformConfig
+from cyberhost.data.transforms import TransformConfig, audio_window, to_maps, to_unit
 from cyberhost.diffusion import GuidedSampler, NoiseSchedule, SamplerConfig
 from cyberhost.models import CyberHost, CyberHostConfig
-
-from cyberhost.data.transforms import audio_window, to_maps, to_unit
 
 from .conditions import ReferenceConditions, reference_from_keypoints
 from .pipeline import GenerateConfig, _autocast, generate_video

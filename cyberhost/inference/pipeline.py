@@ -33,9 +33,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from cyberhost.data.conditions import MODE_OVERLAYS, MODES
 from cyberhost.data.keypoints import KeypointBackend, MediaPipeHolistic
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE
-from cyberhost.data.conditions import MODE_OVERLAYS, MODES
 from cyberhost.data.transforms import TransformConfig, to_unit
 from cyberhost.diffusion import GuidedSampler, NoiseSchedule, SamplerConfig
 from cyberhost.evaluation.io import AudioTrack, read_audio, read_audio_track

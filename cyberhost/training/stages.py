@@ -24,7 +24,7 @@ from cyberhost.diffusion import (
 )
 from cyberhost.models import CyberHostConfig, CyberHostOutput
 from cyberhost.training.checkpoints import load_network_weights
-from cyberhost.training.module import CyberHostModule, OptimConfig, ParamGroups, to_maps, to_pixels, to_unit
+from cyberhost.training.module import CyberHostModule, OptimConfig, ParamGroups, to_pixels
 
 RANDOM_STAGE1 = "random"
 """``stage1_checkpoint`` value that starts stage 2 from random stage-1 weights (tests, benchmarks)."""

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from cyberhost.data.buckets import BucketConfig
-from cyberhost.data.datamodule import ClipStream, Stage1DataModule, Stage2DataModule, StreamConfig, resolve_shards
 from cyberhost.data.conditions import SAMPLE_KEYS
+from cyberhost.data.datamodule import ClipStream, Stage1DataModule, Stage2DataModule, StreamConfig, resolve_shards
 from cyberhost.data.transforms import TransformConfig
 from cyberhost.training.synthetic import write_shards
 

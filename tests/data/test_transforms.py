@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from cyberhost.data.buckets import BucketConfig
+from cyberhost.data.conditions import choose_dropout, choose_frames, make_stage1_sample, make_stage2_sample
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE
 from cyberhost.data.shards import encode_clip
-from cyberhost.data.conditions import choose_dropout, choose_frames, make_stage1_sample, make_stage2_sample
 from cyberhost.data.transforms import TransformConfig, choose_crop
 from tests.data.synthetic import make_clip
 

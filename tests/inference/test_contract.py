@@ -15,13 +15,19 @@ import pytest
 import torch
 
 from cyberhost.data.buckets import BucketConfig
-from cyberhost.data.conditions import CONDITION_FIELDS, Conditions, check_conditions, make_stage1_sample, make_stage2_sample
+from cyberhost.data.conditions import (
+    CONDITION_FIELDS,
+    Conditions,
+    check_conditions,
+    make_stage1_sample,
+    make_stage2_sample,
+)
 from cyberhost.data.shards import decode_frames, encode_clip
 from cyberhost.data.transforms import TransformConfig
 from cyberhost.inference.conditions import generation_clip, prepare_reference, segment_conditions
 
 from .conftest import FixedBackend
-from .test_training_parity import FPS, FRAMES, MOTION, _periodic_audio, _still_clip
+from .test_training_parity import FPS, FRAMES, MOTION, _still_clip
 
 SIZE = (64, 64)
 
