@@ -159,7 +159,10 @@ def movement_range(trajectory: np.ndarray) -> np.ndarray:
 
 
 def laplacian_std(grey: np.ndarray) -> float:
-    """Standard deviation of the 4-neighbour Laplacian, borders reflected (OpenCV's default).
+    """Standard deviation of the 4-neighbour Laplacian, borders reflected without repeating the edge.
+
+    ``cv2.Laplacian`` with ``ksize=1``: the kernel ``[[0, 1, 0], [1, -4, 1], [0, 1, 0]]`` and
+    ``BORDER_REFLECT_101`` (``gfedcb|abcdefgh|gfedcba``), computed in float64.
 
     Args:
         grey: ``(H, W)`` image.
@@ -167,9 +170,8 @@ def laplacian_std(grey: np.ndarray) -> float:
     Returns:
         The population standard deviation of the Laplacian.
     """
-    g = np.pad(grey.astype(np.float64), 1, mode="reflect")
-    lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]
-    return float(lap.std())
+    src = grey if grey.dtype in (np.uint8, np.float64) else grey.astype(np.float64)  # OpenCV: no float32 -> CV_64F
+    return float(cv2.Laplacian(src, cv2.CV_64F, ksize=1, borderType=cv2.BORDER_REFLECT_101).std())
 
 
 def crop(frame: np.ndarray, box: np.ndarray) -> np.ndarray | None:

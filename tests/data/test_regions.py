@@ -7,6 +7,7 @@ import math
 import cv2
 import numpy as np
 import pytest
+from scipy import ndimage
 from skimage import data
 
 from cyberhost.data import regions
@@ -22,11 +23,35 @@ def _empty(frames: int = 1) -> np.ndarray:
 def _reference_clarity(frame: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> float:
     grey = cv2.cvtColor(frame[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY)
     grey = cv2.resize(grey, (128, 128), interpolation=cv2.INTER_AREA)
-    return float(cv2.Laplacian(grey, cv2.CV_64F).std())
+    return _reference_laplacian_std(grey)
+
+
+def _reference_laplacian_std(grey: np.ndarray) -> float:
+    """SciPy's Laplacian (sum of the [1, -2, 1] second differences); ``mirror`` is OpenCV's BORDER_REFLECT_101."""
+    return float(ndimage.laplace(grey.astype(np.float64), mode="mirror").std())
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(5, 7), (128, 128)])
+def test_laplacian_std_matches_scipy_including_borders(dtype, shape):
+    rng = np.random.default_rng(shape[0])
+    grey = (rng.random(shape) * 255).astype(dtype)
+    assert regions.laplacian_std(grey) == pytest.approx(_reference_laplacian_std(grey), rel=1e-6)
+    # on a 5x7 image most pixels touch a border: another border convention gives another value
+    if shape == (5, 7):
+        other = float(ndimage.laplace(grey.astype(np.float64), mode="reflect").std())
+        assert regions.laplacian_std(grey) != pytest.approx(other, rel=1e-3)
+
+
+def test_laplacian_std_of_a_known_image():
+    grey = np.zeros((3, 3), np.uint8)
+    grey[1, 1] = 1  # by hand: -4 at the centre; an edge pixel sees the centre twice (itself reflected across the edge)
+    want = np.array([[0, 2, 0], [2, -4, 2], [0, 2, 0]], np.float64).std()
+    assert regions.laplacian_std(grey) == pytest.approx(want, rel=1e-12)
 
 
 @pytest.mark.parametrize("box", [(100, 150, 228, 278), (10.4, 20.6, 90.2, 60.9), (400, 300, 512, 512)])
-def test_clarity_matches_opencv(box):
+def test_clarity_matches_an_independent_computation(box):
     frame = data.astronaut()
     want = _reference_clarity(frame, math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3]))
     assert regions.clarity(frame, np.array(box, np.float32)) == pytest.approx(want, rel=1e-9)
