@@ -15,7 +15,7 @@ STAGE2_CONFIG ?= --config conf/stage2.yaml --config conf/debug/tiny.yaml --confi
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-slow test-gpu lint demo samples prepare-data train-stage1 train-stage2 \
-        tensorboard generate evaluate bench-prep bench-gpu lock clean
+        tensorboard generate evaluate bench-prep bench-gpu probe lock clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -81,6 +81,9 @@ bench-prep: setup ## data-prep throughput with 1 and 2 workers (numbers go to BE
 
 bench-gpu: ## GPU tests + benchmarks of BENCHMARKS.md (CUDA machine): BENCH_OUT=<dir> [WHAT="tests model train generate profile"]
 	benchmarks/gpu.sh $(or $(BENCH_OUT),bench-out) $(WHAT)
+
+probe: setup ## condition probes on CPU (tiny, 3 seeds): table printed, JSON in $(RUNS)/probe/probes.json (PROBES.md)
+	OMP_NUM_THREADS=2 $(BIN)/python -m benchmarks.probes.run --device cpu --size tiny --seeds 3 --out $(RUNS)/probe $(ARGS)
 
 lock: ## re-resolve requirements/constraints.txt in a scratch venv
 	rm -rf /tmp/cyberhost-lock && $(PY) -m venv /tmp/cyberhost-lock
