@@ -1,8 +1,9 @@
 """``python -m data_prep``: raw talking videos -> validated, sharded, resumable clip dataset.
 
-Reads top-down: arguments and config -> this machine's share of the inputs -> drop what a killed
-run left and what is already finished -> worker processes (probe, decode, audio, segment,
-keypoints, regions, filters, write; see :mod:`data_prep.worker`) -> manifest and report.
+Reads top-down: arguments and config -> the input scan (part 0 records every file that is not an
+input, with the reason) -> this machine's share of the inputs -> drop what a killed run left and
+what is already finished -> worker processes (probe, decode, audio, segment, keypoints, regions,
+filters, write; see :mod:`data_prep.worker`) -> manifest and report.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 
 from cyberhost.data.shards import remove_uncommitted
 from data_prep.config import PrepConfig
-from data_prep.outputs import write_outputs
-from data_prep.run import PrepError, find_inputs, finished_inputs, partition, partition_from_env, run_pool
+from data_prep.outputs import write_ignored, write_outputs
+from data_prep.run import PrepError, finished_inputs, partition, partition_from_env, run_pool, scan_inputs
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "data" / "prep.yaml"
 
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     input at all (``--num-shards`` larger than the number of inputs). Raises :class:`PrepError`
     (exit 1, one message) when the input folder is missing or has no video, the config is bad, a
     worker cannot start its keypoint backend, or no input of this part gave a clip.
+
+    Files under ``--input`` that are not inputs are recorded by part 0 only (``shards/ignored.json``,
+    listed under ``ignored`` in ``report.json``; every part scans the same folder, so this lists
+    each once), and every part prints their count.
     """
     args = parse_args(argv)
     try:
@@ -46,12 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, TypeError) as err:
         raise PrepError(f"config {args.config}: {err}") from err
     shard_index, num_shards = partition_from_env(args.num_shards, args.shard_index)
-    inputs = find_inputs(args.input, cfg.extensions)
+    scan = scan_inputs(args.input, cfg.extensions)
+    inputs = scan.inputs
     mine = partition(inputs, shard_index, num_shards)
     part = f"part {shard_index}/{num_shards}"
     shard_dir = args.output / "shards"
+    if shard_index == 0:
+        write_ignored(shard_dir, scan.ignored)
     if not mine:  # more parts than inputs: an idle SLURM array task is not a failure
         print(f"data_prep: {part}: none of the {len(inputs)} inputs falls in this part; nothing to do", file=sys.stderr)
+        if shard_index == 0 and scan.ignored and (args.output / "manifest.json").is_file():
+            write_outputs(args.output)  # the other parts' report gets part 0's ignored files
+        _print_ignored(scan.ignored, shard_index, args.output)
         return 0
     remove_uncommitted(shard_dir, shard_index)
     done = finished_inputs(shard_dir)
@@ -65,10 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data_prep: {manifest['clips']} clips from {manifest['ok']} of {manifest['inputs']} inputs ({manifest['skipped']} skipped) -> {args.output}/manifest.json, report {args.output}/report.json", file=sys.stderr)
     if lost:
         print(f"data_prep: {lost} input(s) unfinished (a worker died); rerun to retry them", file=sys.stderr)
+    _print_ignored(scan.ignored, shard_index, args.output)
     mine_set = set(mine)
     if not any(e["status"] == "ok" for e in report["files"] if e["file"] in mine_set):  # only this part's inputs count
         raise PrepError(f"no input of {part} gave a clip ({len(mine)} inputs, {lost} unfinished); reasons are in {args.output}/report.json")
     return 0
+
+
+def _print_ignored(ignored: list[dict[str, str]], shard_index: int, output: Path) -> None:
+    where = f"see {output}/report.json" if shard_index == 0 else "part 0 lists them in report.json"
+    print(f"data_prep: {len(ignored)} file{'' if len(ignored) == 1 else 's'} ignored ({where})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ class PrepConfig:
         quality: JPEG quality (mp4: CRF = 51 * (100 - quality) / 100).
         max_shard_mb: start a new shard after this many MB (shards only roll between videos).
         extensions: file endings treated as videos (case-insensitive); inputs are matched by
-            extension only, other files are ignored.
+            extension only, other files are listed as ``ignored`` in the report.
         keypoints: keypoint backend.
         regions: face/hand box thresholds and margins.
         filters: quality filters.

@@ -14,6 +14,10 @@ Two ways to run many machines (``--num-shards K --shard-index i``, see the READM
   visible, and rerunning it skips what is already there), then rebuilds manifest and report.
   It refuses, before copying anything, an input that two parts both finished (its clip keys
   would repeat) and two different files with one name.
+
+Files of the input folder that are not inputs are recorded by part 0 only (every machine scans
+the same folder, so each would list the same files); the merge unites the ignored-file records
+of the output and of the parts, one entry per path, so nothing is listed twice.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cyberhost.data.shards import TMP_SUFFIX, commit_records
-from data_prep.outputs import write_outputs
+from data_prep.outputs import read_ignored, write_ignored, write_outputs
 
 
 class MergeError(SystemExit):
@@ -100,7 +104,17 @@ def merge_parts(parts: list[Path], output: Path) -> int:
         if record["shard"]:
             _copy_atomic(src.parent / record["shard"], dest / record["shard"])
         _copy_atomic(src, dest / src.name)  # the record last: it is what makes the tar visible
+    _merge_ignored(parts, dest)
     return len(todo)
+
+
+def _merge_ignored(parts: list[Path], dest: Path) -> None:
+    """One ignored-file record in ``dest``: its own entries and the parts' (normally part 0's only), one per path."""
+    unique: dict[str, dict[str, str]] = {}
+    for folder in (dest, *parts):
+        for entry in read_ignored(folder):
+            unique.setdefault(entry["file"], entry)
+    write_ignored(dest, list(unique.values()))
 
 
 def _part_config(parts: list[Path]) -> dict[str, Any] | None:
@@ -125,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     manifest, report = write_outputs(args.output, config)
     print(
         f"data_prep.merge: {copied} commit record(s) copied; {manifest['clips']} clips in {len(manifest['shards'])} shards"
-        f" from {manifest['inputs']} inputs ({manifest['ok']} ok, {manifest['skipped']} skipped) -> {args.output}/manifest.json"
+        f" from {manifest['inputs']} inputs ({manifest['ok']} ok, {manifest['skipped']} skipped), {report['summary']['ignored']} other"
+        f" file(s) ignored -> {args.output}/manifest.json"
     )
 
 

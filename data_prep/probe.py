@@ -97,6 +97,10 @@ def _regular_file_size(path: Path) -> int:
             raise SkipInput(f"unreadable: dangling symbolic link (target {os.readlink(path)!r} does not exist)") from err
         raise SkipInput(f"unreadable: {err.strerror or err}") from err
     if not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
-        raise SkipInput(f"unreadable: not a regular file ({kind})")
+        raise SkipInput(f"unreadable: not a regular file ({file_kind(st.st_mode)})")
     return st.st_size
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words (``a FIFO``, ``a directory``...), from its ``st_mode``."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")

@@ -6,6 +6,7 @@ import hashlib
 import multiprocessing as mp
 import os
 import queue
+import stat
 import sys
 import time
 from collections import defaultdict
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 from cyberhost.data.shards import commit_records
 from data_prep.config import PrepConfig
+from data_prep.probe import file_kind
 from data_prep.worker import worker_main
 
 
@@ -27,28 +29,86 @@ class PrepError(SystemExit):
         super().__init__(f"data_prep: error: {message}")
 
 
-def find_inputs(input_dir: Path, extensions: tuple[str, ...]) -> list[str]:
-    """Paths under ``input_dir`` whose extension is a video extension, relative and sorted.
+@dataclass
+class InputScan:
+    """What ``--input`` holds.
+
+    Attributes:
+        inputs: paths (relative to the input folder, sorted) whose extension is a video extension.
+        ignored: every other file, sorted by path: ``{"file", "status": "ignored", "reason"}``.
+    """
+
+    inputs: list[str]
+    ignored: list[dict[str, str]]
+
+
+def scan_inputs(input_dir: Path, extensions: tuple[str, ...]) -> InputScan:
+    """The inputs under ``input_dir`` and, with a reason, every file that is not one.
 
     Inputs are matched by file extension only (case-insensitive; ``PrepConfig.extensions``),
-    recursively, hidden paths excluded. Every match is an input, whatever it is: a broken link,
-    a FIFO or a directory named ``x.mp4`` gets a ``skipped`` report entry saying so, rather than
-    vanishing from the report.
+    recursively. Every match is an input, whatever it is: a broken link, a FIFO or a directory
+    named ``x.mp4`` gets a ``skipped`` report entry from the worker. Everything else is reported
+    as ignored rather than dropped silently: a hidden file, a hidden folder (one entry, not
+    searched), a file that is not regular (FIFO, socket, device, dangling link, link to a folder,
+    which is not followed) or a file with another extension. Folders themselves are searched,
+    not reported.
 
     Raises:
         PrepError: the folder is missing or holds no video file.
     """
     if not input_dir.is_dir():
         raise PrepError(f"input directory {input_dir} does not exist or is not a directory")
-    found = []
-    for path in input_dir.rglob("*"):
-        rel = path.relative_to(input_dir)
-        if any(part.startswith(".") for part in rel.parts) or path.suffix.lower() not in extensions:
+    inputs: list[str] = []
+    ignored: list[dict[str, str]] = []
+    pending = [input_dir]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as err:  # e.g. a sub-folder without read permission
+            ignored.append(_ignored(Path(folder).relative_to(input_dir), f"folder not searched: {err.strerror or err}"))
             continue
-        found.append(rel.as_posix())
-    if not found:
-        raise PrepError(f"no video files ({', '.join(extensions)}) under {input_dir}")
-    return sorted(found)
+        for entry in entries:
+            rel = Path(entry.path).relative_to(input_dir)
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if entry.name.startswith("."):
+                ignored.append(_ignored(rel, "hidden folder (not searched)" if is_dir else "hidden file"))
+                continue
+            if rel.suffix.lower() in extensions:
+                inputs.append(rel.as_posix())
+            elif not is_dir:
+                ignored.append(_ignored(rel, _not_a_video(entry, rel.suffix.lower(), extensions)))
+            if is_dir:
+                pending.append(Path(entry.path))
+    if not inputs:
+        note = f"; {len(ignored)} other file(s) ignored, e.g. {ignored[0]['file']}: {ignored[0]['reason']}" if ignored else ""
+        raise PrepError(f"no video files ({', '.join(extensions)}) under {input_dir}{note}")
+    return InputScan(sorted(inputs), sorted(ignored, key=lambda e: e["file"]))
+
+
+def find_inputs(input_dir: Path, extensions: tuple[str, ...]) -> list[str]:
+    """The inputs of :func:`scan_inputs` (relative paths, sorted)."""
+    return scan_inputs(input_dir, extensions).inputs
+
+
+def _ignored(rel: Path, reason: str) -> dict[str, str]:
+    return {"file": rel.as_posix(), "status": "ignored", "reason": reason}
+
+
+def _not_a_video(entry: os.DirEntry, suffix: str, extensions: tuple[str, ...]) -> str:
+    """Why a file that is not a folder is not an input: what it is when not a regular file, else its extension."""
+    try:
+        mode = entry.stat(follow_symlinks=True).st_mode
+    except OSError as err:
+        if entry.is_symlink():
+            return f"dangling symbolic link (target {os.readlink(entry.path)!r} does not exist)"
+        return f"cannot stat: {err.strerror or err}"
+    if entry.is_symlink() and stat.S_ISDIR(mode):
+        return "symbolic link to a folder (not followed)"
+    if not stat.S_ISREG(mode):
+        return f"not a regular file ({file_kind(mode)})"
+    accepted = f"(accepted: {', '.join(extensions)}; config key extensions)"
+    return f"extension {suffix} is not a video extension {accepted}" if suffix else f"no file extension {accepted}"
 
 
 def partition_from_env(num_shards: int | None, shard_index: int | None) -> tuple[int, int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -39,6 +41,14 @@ def corpus(tmp_path_factory):
     (d / "zero.mp4").write_bytes(b"")
     (d / "text.mp4").write_text("this is not a video\n" * 20)
     (d / "notes.txt").write_text("ignored: not a video extension")
+    write_video(d / "voice.mp4", None, tone(0.5)).rename(d / "voice.m4a")  # real AAC audio: ignored by its extension
+    (d / "sub" / "README").write_text("no extension")
+    (d / ".DS_Store").write_bytes(b"\0")
+    (d / ".cache").mkdir()
+    (d / ".cache" / "old.mp4").write_bytes(mp4)  # in a hidden folder: not searched
+    os.mkfifo(d / "pipe")
+    (d / "gone.txt").symlink_to(d / "missing-notes.txt")
+    (d / "link_to_sub").symlink_to(d / "sub", target_is_directory=True)
     (d / "dangling.mp4").symlink_to(d / "missing-target.mp4")
     os.mkfifo(d / "fifo.mp4")  # opening it for reading would block forever: must be refused unopened
     (d / "folder.mp4").mkdir()
@@ -62,10 +72,18 @@ def _flip(data: bytes, start: int, length: int, step: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def report(corpus, small_config_module):
+def run(corpus, small_config_module):
+    """The CLI over the corpus: ``(report.json, what it printed on stderr)``."""
     raw, out = corpus
-    assert main(["--input", str(raw), "--output", str(out), "--workers", "1", "--config", str(small_config_module), "--no-progress"]) == 0
-    return {e["file"]: e for e in json.loads((out / "report.json").read_text())["files"]}
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["--input", str(raw), "--output", str(out), "--workers", "1", "--config", str(small_config_module), "--no-progress"]) == 0
+    return json.loads((out / "report.json").read_text()), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def report(run):
+    return {e["file"]: e for e in run[0]["files"]}
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +131,30 @@ def test_unreadable_file(report):
 
 def test_only_video_files_are_inputs(report):
     assert "notes.txt" not in report and len(report) == len(EXPECTED) + (os.geteuid() != 0)
+
+
+ACCEPTED = "(accepted: .mp4, .mov, .m4v, .mkv, .webm, .avi, .flv, .mpg, .mpeg, .ts, .wmv, .3gp; config key extensions)"
+IGNORED = {
+    ".DS_Store": "hidden file",
+    ".cache": "hidden folder (not searched)",
+    "gone.txt": "dangling symbolic link (target ",
+    "link_to_sub": "symbolic link to a folder (not followed)",
+    "notes.txt": f"extension .txt is not a video extension {ACCEPTED}",
+    "pipe": "not a regular file (a FIFO)",
+    "sub/README": f"no file extension {ACCEPTED}",
+    "voice.m4a": f"extension .m4a is not a video extension {ACCEPTED}",
+}
+
+
+def test_every_other_file_is_reported_as_ignored_with_its_reason(run, report):
+    full, printed = run
+    ignored = full["ignored"]
+    assert [e["file"] for e in ignored] == sorted(IGNORED)  # sorted, one entry each; the folder sub/ is searched, not listed
+    for entry in ignored:
+        assert entry["status"] == "ignored" and entry["reason"].startswith(IGNORED[entry["file"]]), entry
+    assert not set(IGNORED) & set(report)  # no file is both an input and ignored
+    assert full["summary"]["ignored"] == len(IGNORED) and full["summary"]["inputs"] == len(report)
+    assert f"data_prep: {len(IGNORED)} files ignored (see " in printed and "report.json)" in printed
 
 
 def test_bit_flipped_data_keeps_the_clip_before_the_damage(corpus, report):

@@ -105,7 +105,7 @@ def test_cli_refuses_missing_empty_and_useless_inputs(tmp_path):
         main(["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "a.txt").write_text("x")
-    with pytest.raises(SystemExit, match="no video files"):
+    with pytest.raises(SystemExit, match=r"no video files .*; 1 other file\(s\) ignored, e.g. a.txt: extension .txt is not a video"):
         main(["--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")])
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "a.mp4").write_text("not a video")

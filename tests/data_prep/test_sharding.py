@@ -38,6 +38,7 @@ def parts(tmp_path_factory):
     raw.mkdir()
     for name, sample in INPUTS.items():
         write_video(raw / name, sample_frames(sample, 12), tone(0.48))
+    (raw / "notes.txt").write_text("not a video")  # every part sees it; only part 0 reports it
     conf = root / "prep.yaml"
     conf.write_text(yaml.safe_dump({"clip_frames": 12, "clip_stride": 12, "min_clip_frames": 12, "max_short_side": 160, "filters": {"min_face_size": 16.0}}))
     assert [partition(sorted(INPUTS), i, 2) for i in range(2)] == [["talk_2.mp4", "talk_3.mp4"], ["talk_1.mp4"]]
@@ -56,7 +57,10 @@ def part0(parts):
 @pytest.fixture(scope="module")
 def part1(parts):
     raw, conf, root = parts
-    assert main(_args(raw, root / "p1", conf, "--num-shards", "2", "--shard-index", "1", "--workers", "1", "--no-progress")) == 0
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(_args(raw, root / "p1", conf, "--num-shards", "2", "--shard-index", "1", "--workers", "1", "--no-progress")) == 0
+    assert "data_prep: 1 file ignored (part 0 lists them in report.json)" in err.getvalue()
     return root / "p1"
 
 
@@ -89,6 +93,18 @@ def test_parts_hold_their_share_only(part0, part1):
     assert names and all(n.startswith("clips-00000-") for n in names)
     assert {n.split("-")[2] for n in names} == {"000", "001"}  # two workers, one shard each
     assert all(p.name.startswith("clips-00001-") for p in (part1 / "shards").glob("*.tar"))
+
+
+def _ignored(out: Path) -> list[str]:
+    return [e["file"] for e in json.loads((out / "report.json").read_text())["ignored"]]
+
+
+def test_only_part_0_reports_ignored_files_and_merging_lists_them_once(part0, part1, merged, shared):
+    assert (_ignored(part0[0]), _ignored(part1)) == (["notes.txt"], [])
+    assert "data_prep: 1 file ignored (see " in part0[1]
+    assert _ignored(merged) == _ignored(shared) == ["notes.txt"]
+    merge.main(["--output", str(merged), str(part0[0]), str(part1), str(part0[0] / "shards")])  # again, part 0 twice
+    assert _ignored(merged) == ["notes.txt"]
 
 
 def test_progress_bar_shows_videos_clips_and_frames_per_s(part0):
@@ -170,6 +186,7 @@ def test_more_parts_than_inputs(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "only.mp4").write_text("not a video")  # its owner has nothing that gives a clip
+    (raw / "notes.txt").write_text("x")  # reported by part 0, idle or not
     out = tmp_path / "out"
     with ClipShardWriter(out / "shards", shard_index=9) as w:  # another machine's finished, good input
         w.write(make_clip("other-0000", frames=4))
@@ -184,6 +201,7 @@ def test_more_parts_than_inputs(tmp_path):
             assert main(args) == 0
     report = {e["file"]: e for e in json.loads((out / "report.json").read_text())["files"]}
     assert report["only.mp4"]["status"] == "skipped" and report["other.mp4"]["status"] == "ok"
+    assert _ignored(out) == ["notes.txt"]
 
 
 def test_idle_part_says_so(tmp_path, capsys):
