@@ -46,6 +46,7 @@ from cyberhost.data.faces import align_face_crop
 from cyberhost.data.schema import FACE, HANDS, Field
 from cyberhost.data.shards import decode_frames
 from cyberhost.data.transforms import (
+    MODES,
     TransformConfig,
     audio_window,
     choose_crop,
@@ -57,8 +58,6 @@ from cyberhost.data.transforms import (
     region_crop,
 )
 
-MODES = ("audio", "video", "multimodal")
-"""Generation modes; each needs a network trained with the same ``transform.mode``."""
 MODE_OVERLAYS = {
     "audio": "conf/stage2.yaml alone (the default)",
     "video": "--config conf/modes/video.yaml",

@@ -23,12 +23,14 @@ import torch
 
 from cyberhost.data import maps
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE
-from cyberhost.data.shards import ARRAY_FIELDS, decode_frames
+from cyberhost.data.shards import ARRAY_FIELDS
 
 FACE_CROP = 256
 """Side of the face crop (ArcFace input, paper Sec. 3.2)."""
 HAND_CROP = 128
 """Side of each hand crop (Hand Encoder input, paper Sec. 3.2)."""
+MODES = ("audio", "video", "multimodal")
+"""What the Pose Encoder reads (``TransformConfig.mode``); generation needs a network trained with the same mode."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,8 @@ class TransformConfig:
         for name in ("p_drop_reference", "p_drop_audio", "p_motion_reference"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.mode not in ("audio", "video", "multimodal"):
-            raise ValueError(f"mode must be 'audio', 'video' or 'multimodal', got {self.mode!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.crop_focus not in ("person", "face"):
             raise ValueError(f"crop_focus must be 'person' or 'face', got {self.crop_focus!r}")
 
