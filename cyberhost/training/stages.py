@@ -23,6 +23,7 @@ from cyberhost.diffusion import (
     keypoint_region_mask,
 )
 from cyberhost.models import CyberHostConfig, CyberHostOutput
+from cyberhost.models.blocks import CompileConfig
 from cyberhost.training.checkpoints import load_network_weights
 from cyberhost.training.module import CyberHostModule, OptimConfig, ParamGroups, to_pixels
 
@@ -57,9 +58,11 @@ class Stage2Module(CyberHostModule):
         schedule: noise schedule.
         loss: loss weights.
         sampler: sampler of validation samples.
-        gradient_checkpointing: recompute activations in backward.
+        gradient_checkpointing: recompute activations in backward (``true``, or block-name regexes).
         seed: seed of timesteps and noise.
         channels_last: channels-last conv weights (see :class:`CyberHostModule`).
+        compile: regional compilation of the repeated blocks (see :class:`CyberHostModule`).
+        frozen_bf16: frozen weights stored in bf16 (see :class:`CyberHostModule`).
     """
 
     stage = 2
@@ -73,12 +76,14 @@ class Stage2Module(CyberHostModule):
         schedule: ScheduleConfig | None = None,
         loss: LossConfig | None = None,
         sampler: SamplerConfig | None = None,
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: bool | list[str] = False,
         seed: int = 0,
         channels_last: bool = False,
+        compile: CompileConfig | None = None,
+        frozen_bf16: bool = False,
     ) -> None:
         super().__init__(model or CyberHostConfig(stage=2), optim, params, schedule, loss, sampler,
-                         gradient_checkpointing, seed, channels_last)
+                         gradient_checkpointing, seed, channels_last, compile, frozen_bf16)
         self.stage1_checkpoint = stage1_checkpoint
         if stage1_checkpoint != RANDOM_STAGE1:
             self.load_stage1(stage1_checkpoint)
