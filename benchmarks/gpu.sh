@@ -4,10 +4,10 @@
 # tests:      the GPU tests (`make test-gpu`): tests/gpu (bf16 model, benchmarks on CUDA, EMA resume) and
 #             tests/training/test_gpu_strategies.py (fit, resume and stage-2 hand-off through the
 #             DDP, FSDP2 and FSDP v1 overlays on one GPU).
-# model:      one training step of the network against the eager diffusers yardstick (cyberhost.bench):
+# model:      one training step of the network against the eager diffusers yardstick (benchmarks.model_step):
 #             stage 1 (B=12) and stage 2 (12 + 4 frames), with and without gradient checkpointing.
 # train:      training throughput through the real DataModule + LightningModule + Trainer
-#             (cyberhost.training.bench), with the eager yardstick in the same process; then the
+#             (benchmarks.train), with the eager yardstick in the same process; then the
 #             same with gradient checkpointing.
 # generate:   generation speed (25 steps) against the eager loop that re-runs the reference net.
 # profile:    (only when named) torch.profiler table of one sd15 stage-2 step.
@@ -20,6 +20,7 @@
 set -uo pipefail
 out=$(realpath -m "${1:-bench-out}")
 shift || true
+cd "$(dirname "${BASH_SOURCE[0]}")/.."  # python -m benchmarks.* needs the repository root
 parts=("$@")
 [[ ${#parts[@]} -eq 0 ]] && parts=(tests model train generate)
 mkdir -p "$out"
@@ -49,17 +50,17 @@ if want tests; then
 fi
 
 if want model; then
-  part model "${LIMIT_MODEL:-420}" $py -m cyberhost.bench --size sd15 --device cuda --steps 10 --warmup 3 \
+  part model "${LIMIT_MODEL:-420}" $py -m benchmarks.model_step --size sd15 --device cuda --steps 10 --warmup 3 \
       --json "$out/model.json"
 fi
 
 if want profile; then  # where a stage-2 step spends its device time (not in the default parts)
-  part profile "${LIMIT_PROFILE:-120}" $py -m cyberhost.bench --size sd15 --device cuda --only stage2 --steps 3 \
+  part profile "${LIMIT_PROFILE:-120}" $py -m benchmarks.model_step --size sd15 --device cuda --only stage2 --steps 3 \
       --warmup 2 --profile
 fi
 
 if want generate; then
-  part generate "${LIMIT_GENERATE:-300}" $py -m cyberhost.inference.bench --size sd15 --device cuda --steps 25 \
+  part generate "${LIMIT_GENERATE:-300}" $py -m benchmarks.generate --size sd15 --device cuda --steps 25 \
       --segments 2 --json "$out/generate.json"
 fi
 
@@ -67,7 +68,7 @@ if want trainable; then
   for which in all added; do
     for ckpt in "--gradient-checkpointing" ""; do
       tag=${which}${ckpt:+_ckpt}
-      part "trainable_$tag" "${LIMIT_TRAIN:-300}" $py -m cyberhost.training.bench --size sd15 --device cuda --stages 2 \
+      part "trainable_$tag" "${LIMIT_TRAIN:-300}" $py -m benchmarks.train --size sd15 --device cuda --stages 2 \
           --steps 8 --warmup 3 --workers 8 --stage2-trainable "$which" $ckpt --output "$out/trainable_$tag.json"
     done
   done
@@ -78,8 +79,8 @@ if want losses; then
 fi
 
 if want train; then
-  part train "${LIMIT_TRAIN:-300}" $py -m cyberhost.training.bench --size sd15 --device cuda --steps 10 --warmup 3 \
+  part train "${LIMIT_TRAIN:-300}" $py -m benchmarks.train --size sd15 --device cuda --steps 10 --warmup 3 \
       --workers 8 --yardstick --output "$out/train.json"
-  part train_ckpt "${LIMIT_TRAIN:-300}" $py -m cyberhost.training.bench --size sd15 --device cuda --steps 10 \
+  part train_ckpt "${LIMIT_TRAIN:-300}" $py -m benchmarks.train --size sd15 --device cuda --steps 10 \
       --warmup 3 --workers 8 --gradient-checkpointing --output "$out/train_ckpt.json"
 fi

@@ -18,11 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from benchmarks.synthetic import write_shards
 from cyberhost import cli
 from cyberhost.diffusion import ScheduleConfig
 from cyberhost.inference import CheckpointMismatchError, GenerateConfig, GenerateError, generate_video, load_model
 from cyberhost.models import CyberHostConfig
-from cyberhost.training.synthetic import write_shards
 from tests.training.conftest import CONF, ROOT, tiny_args
 
 from .conftest import FixedBackend, build_model, save_lightning_ckpt, write_wav

@@ -1,13 +1,13 @@
 """Training throughput through the real DataModule, LightningModule and Trainer.
 
-``python -m cyberhost.training.bench`` (GPU, sd15 size, 640x384, random init, bf16-mixed) writes
+``python -m benchmarks.train`` (GPU, sd15 size, 640x384, random init, bf16-mixed) writes
 synthetic shards to a temp folder, then per stage runs ``Trainer.fit`` with a timing callback and
 reports samples/s and frames/s (timed wall time, waiting for data included), the median step
 time, model FLOPs per step (``torch.utils.flop_counter``, counted once, with checkpointing off so
 that recomputation is not counted; the frozen encoders' share -- VAE, wav2vec2, ArcFace -- is
 reported beside it), MFU against a measured bf16 matmul peak, peak memory and the fraction of
 wall time spent waiting for data. ``--yardstick`` also times the plain eager diffusers steps
-(:mod:`cyberhost.bench` ``yard1``/``yard2``) in the same process, for a side-by-side table.
+(:mod:`benchmarks.model_step` ``yard1``/``yard2``) in the same process, for a side-by-side table.
 ``--size tiny --device cpu`` is a smoke test (timings on CPU mean nothing).
 
 A step here is a whole optimiser step as the Trainer runs it: VAE encoding, conditions, forward,
@@ -29,13 +29,13 @@ import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cyberhost.bench import measure_peak
+from benchmarks.model_step import measure_peak
+from benchmarks.synthetic import write_shards
 from cyberhost.data.buckets import BucketConfig
 from cyberhost.data.datamodule import Stage1DataModule, Stage2DataModule
 from cyberhost.data.transforms import TransformConfig
 from cyberhost.models import CyberHostConfig
 from cyberhost.training.stages import RANDOM_STAGE1, Stage1Module, Stage2Module
-from cyberhost.training.synthetic import write_shards
 
 PRESETS = {
     "sd15": {"area": 640 * 384, "multiple": 64, "frame": (672, 400), "batch1": 12, "batch2": 1, "frames": 12, "motion": 4},
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--stage2-trainable", choices=["all", "added"], default="all",
                         help="stage 2: train everything (the paper's end to end) or only what stage 2 adds")
     parser.add_argument("--yardstick", action="store_true",
-                        help="also time the eager diffusers yardstick (cyberhost.bench yard1, yard2) in this run")
+                        help="also time the eager diffusers yardstick (benchmarks.model_step yard1, yard2) in this run")
     parser.add_argument("--output", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 def yardstick_rows(args: argparse.Namespace, peak: float) -> list[dict[str, Any]]:
     """The eager diffusers steps of DESIGN.md's table, with this run's checkpointing setting."""
-    from cyberhost import bench as model_bench
+    from benchmarks import model_step as model_bench
 
     device = torch.device(args.device)
     p = PRESETS[args.size]
