@@ -14,6 +14,9 @@
 # trainable:  (only when named) stage 2 through the Trainer with every parameter trainable (the paper's
 #             end to end, conf/stage2.yaml) and with only the stage-2 additions (conf/stage2_added.yaml),
 #             each with and without gradient checkpointing: step time and peak memory.
+# fast:       (only when named) stage 2 (additions only) through the Trainer: plain (with the eager yardsticks
+#             in the same process) against regional compilation + bf16 frozen weights, compiled with a cold
+#             and then a warm inductor cache; then tests/gpu/test_fast_path.py.
 # losses:     (only when named) Eq. 6's diffusion and heatmap terms at init (benchmarks/loss_terms.py).
 # Everything goes to OUT_DIR/all.log (and a line per part to OUT_DIR/summary.txt), JSON rows to
 # OUT_DIR/<part>.json. Each part has a time limit (LIMIT_<PART> seconds) so one hang cannot eat the rest.
@@ -72,6 +75,15 @@ if want trainable; then
           --steps 8 --warmup 3 --workers 8 --stage2-trainable "$which" $ckpt --output "$out/trainable_$tag.json"
     done
   done
+fi
+
+if want fast; then  # issue 12: stage 2 (added set) plain vs regional compile + bf16 frozen weights, cold then warm cache
+  export TORCHINDUCTOR_CACHE_DIR="$out/inductor-cache"
+  common=(--size sd15 --device cuda --stages 2 --steps 8 --warmup 3 --workers 8 --stage2-trainable added)
+  part fast_cold "${LIMIT_FAST:-330}" $py -m benchmarks.train "${common[@]}" --compile --frozen-bf16 --output "$out/fast_cold.json"
+  part plain "${LIMIT_TRAIN:-200}" $py -m benchmarks.train "${common[@]}" --yardstick --output "$out/plain.json"
+  part fast_warm "${LIMIT_FAST:-330}" $py -m benchmarks.train "${common[@]}" --compile --frozen-bf16 --output "$out/fast_warm.json"
+  part fast_test "${LIMIT_TESTS:-200}" $py -m pytest -q -m gpu tests/gpu/test_fast_path.py -p no:cacheprovider
 fi
 
 if want losses; then
