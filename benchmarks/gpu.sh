@@ -36,7 +36,7 @@ part() {  # part NAME LIMIT CMD...: run with a time limit, log, and record the e
   shift 2
   start=$(date +%s)
   echo "=== $name: $*" | tee -a "$log"
-  timeout "$limit" "$@" 2>&1 | tee -a "$log"
+  timeout -k 15 "$limit" "$@" 2>&1 | tee -a "$log"
   rc=${PIPESTATUS[0]}
   echo "$name: exit $rc in $(( $(date +%s) - start )) s" | tee -a "$out/summary.txt" "$log"
 }
@@ -80,10 +80,15 @@ fi
 if want fast; then  # issue 12: stage 2 (added set) plain vs regional compile + bf16 frozen weights, cold then warm cache
   export TORCHINDUCTOR_CACHE_DIR="$out/inductor-cache"
   common=(--size sd15 --device cuda --stages 2 --steps 8 --warmup 3 --workers 8 --stage2-trainable added)
-  part fast_cold "${LIMIT_FAST:-330}" $py -m benchmarks.train "${common[@]}" --compile --frozen-bf16 --output "$out/fast_cold.json"
-  part plain "${LIMIT_TRAIN:-200}" $py -m benchmarks.train "${common[@]}" --yardstick --output "$out/plain.json"
-  part fast_warm "${LIMIT_FAST:-330}" $py -m benchmarks.train "${common[@]}" --compile --frozen-bf16 --output "$out/fast_warm.json"
-  part fast_test "${LIMIT_TESTS:-200}" $py -m pytest -q -m gpu tests/gpu/test_fast_path.py -p no:cacheprovider
+  part fast_cold "${LIMIT_FAST:-250}" $py -m benchmarks.train "${common[@]}" --compile --compile-dynamic true \
+      --frozen-bf16 --output "$out/fast_cold.json"
+  part plain "${LIMIT_TRAIN:-170}" $py -m benchmarks.train "${common[@]}" --yardstick --output "$out/plain.json"
+  part bf16_frozen "${LIMIT_TRAIN:-140}" $py -m benchmarks.train "${common[@]}" --frozen-bf16 --output "$out/bf16_frozen.json"
+  if [[ -n "${FAST_WARM:-}" ]]; then
+    part fast_warm "${LIMIT_FAST:-330}" $py -m benchmarks.train "${common[@]}" --compile --compile-dynamic true \
+        --frozen-bf16 --output "$out/fast_warm.json"
+    part fast_test "${LIMIT_TESTS:-200}" $py -m pytest -q -m gpu tests/gpu/test_fast_path.py -p no:cacheprovider
+  fi
 fi
 
 if want losses; then

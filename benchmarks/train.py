@@ -129,7 +129,8 @@ def run_stage(stage: int, args: argparse.Namespace, shards: Path, peak: float) -
     """Fit ``warmup + steps`` steps of one stage and report its throughput."""
     device = torch.device(args.device)
     precision = "bf16-mixed" if device.type == "cuda" else "32-true"
-    fast = {"compile": CompileConfig(enabled=args.compile), "frozen_bf16": args.frozen_bf16}
+    dynamic = {"auto": None, "true": True, "false": False}[args.compile_dynamic]
+    fast = {"compile": CompileConfig(enabled=args.compile, dynamic=dynamic), "frozen_bf16": args.frozen_bf16}
     gc_setting = args.checkpoint or args.gradient_checkpointing
     module, dm, frames = build(stage, args.size, shards, args.workers, gc_setting,
                                args.channels_last, device, args.stage2_trainable, fast)
@@ -157,7 +158,7 @@ def run_stage(stage: int, args: argparse.Namespace, shards: Path, peak: float) -
         "trainable_params_m": sum(p.numel() for p in module.parameters() if p.requires_grad) / 1e6, "step_s": step, "wall_s_per_step": per_step,
         "samples_per_s": batch / per_step, "frames_per_s": batch * frames / per_step,
         "tflop_per_step": flops / 1e12, "frozen_encoder_tflop": frozen_flops / 1e12,
-        "compile": args.compile, "frozen_bf16": args.frozen_bf16, "checkpoint_patterns": args.checkpoint or None,
+        "compile": args.compile, "compile_dynamic": args.compile_dynamic, "frozen_bf16": args.frozen_bf16, "checkpoint_patterns": args.checkpoint or None,
         "warmup_s": sum(timer.all_steps[:args.warmup + 1]), "fit_s": fit_s,
         "compiled_graphs": graphs, "graphs_compiled_in_timed_steps": graphs - timer.graphs_after_warmup,
         "mfu_datasheet_989": flops / per_step / 989e12,
@@ -194,6 +195,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--checkpoint", nargs="+", default=[], metavar="REGEX",
                         help="selective checkpointing: only the blocks matching these regexes")
     parser.add_argument("--compile", action="store_true", help="regional torch.compile (model.compile)")
+    parser.add_argument("--compile-dynamic", choices=["auto", "true", "false"], default="auto",
+                        help="torch.compile dynamic= (auto: static first, then dynamic sizes)")
     parser.add_argument("--frozen-bf16", action="store_true", help="frozen VAE/UNet weights in bf16")
     parser.add_argument("--channels-last", action="store_true", help="channels-last conv weights")
     parser.add_argument("--stage2-trainable", choices=["all", "added"], default="all",
