@@ -23,15 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 
 import data_prep
-from cyberhost.data.keypoints import MediaPipeHolistic
 from cyberhost.data.shards import decode_frames, encode_frames
+from cyberhost.media.keypoints import MediaPipeHolistic
+from cyberhost.media.video import FrameReader, copy_head
 from data_prep.config import PrepConfig
 from data_prep.run import find_inputs, run_pool
-from data_prep.video import FrameReader
 
 SAMPLES = Path(data_prep.__file__).parent / "samples"  # package data, so also found when installed
 
@@ -98,18 +97,6 @@ def verdict(runs: list[dict[str, float]]) -> dict[str, object]:
         f"slowest step: {slowest} ({share:.0%} of worker time, {runs[0][f'{slowest}_frames_per_s_per_worker']} frames/s per worker)"
     )
     return out
-
-
-def short_copy(src: Path, dst: Path, seconds: float) -> Path:
-    """The first ``seconds`` of ``src`` remuxed (no re-encoding) into ``dst``."""
-    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
-        streams = {s.index: out.add_stream_from_template(s) for s in (*inp.streams.video[:1], *inp.streams.audio[:1])}
-        for packet in inp.demux(*[inp.streams[i] for i in streams]):
-            if packet.dts is None or packet.pts is None or float(packet.pts * packet.time_base) >= seconds:
-                continue
-            packet.stream = streams[packet.stream.index]
-            out.mux(packet)
-    return dst
 
 
 KEYPOINT_VARIANTS = {"static": {"static_image_mode": True}, "tracking": {}, "tracking_256": {"detect_short_side": 256}}
@@ -193,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     results["keypoints_ms_per_frame"] = bench_keypoints(frames, ("tracking",) if args.smoke else tuple(KEYPOINT_VARIANTS))
     if not args.skip_pipeline:
         with tempfile.TemporaryDirectory() as tmp:
-            sources = [short_copy(sorted(SAMPLES.glob("*.mp4"))[0], Path(tmp) / "short.mp4", 0.68)] if args.smoke else None
+            sources = [copy_head(sorted(SAMPLES.glob("*.mp4"))[0], Path(tmp) / "short.mp4", 0.68)] if args.smoke else None
             workers = [1] if args.smoke else args.workers
             copies = 1 if args.smoke else args.copies
             results["pipeline"] = runs = [bench_pipeline(copies, w, cfg, sources) for w in workers]

@@ -80,7 +80,7 @@ def fit(stage: int, clips: Path, out: Path, steps: int) -> Path:
 
 def first_frame(video: Path, image: Path) -> Path:
     """Write the first frame of ``video`` as a PNG (the demo's reference image)."""
-    from cyberhost.evaluation.io import read_video
+    from cyberhost.media import read_video
 
     frames, _ = read_video(video)
     cv2.imwrite(str(image), cv2.cvtColor(frames[0], cv2.COLOR_RGB2BGR))

@@ -24,18 +24,19 @@ imports Lightning.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from cyberhost.media.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -161,34 +162,6 @@ def _load_pickle(path: Path, trust: bool) -> Any:
             raise
     log.warning("loading %s with weights_only=False (trusted by the caller)", path)
     return torch.load(str(path), map_location="cpu", weights_only=False)
-
-
-# ----------------------------------------------------------------------------- atomic writes
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a synced temporary file in the same folder and a rename."""
-    with atomic_file(path) as f:
-        f.write(data)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
-    """Open ``.<name>.tmp<pid>`` beside ``path`` for writing; on success fsync it and ``os.replace`` it.
-
-    On an exception the temporary file is removed and ``path`` keeps its old content.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- weights
@@ -394,7 +367,7 @@ def export_safetensors(state: Mapping[str, Tensor], path: str | os.PathLike, con
 
 __all__ = [
     "Checkpoint", "DCP_METADATA", "EMA_PREFIX", "MODULE_PREFIX", "SavedDict", "SavedRecord", "UnsafeCheckpointError",
-    "atomic_file", "atomic_write_bytes", "checkpoint_safe_globals", "export_safetensors", "load_distributed_state",
+    "checkpoint_safe_globals", "export_safetensors", "load_distributed_state",
     "load_network_weights", "read_checkpoint", "read_distributed", "read_export", "safe_torch_load",
     "strip_module_prefix", "with_ema",
 ]  # fmt: skip

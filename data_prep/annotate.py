@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cyberhost.data import regions
-from cyberhost.data.keypoints import KeypointBackend, dominant_person
+from cyberhost.media.keypoints import KeypointBackend, dominant_person
 
 
 @dataclass

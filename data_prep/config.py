@@ -47,7 +47,7 @@ class KeypointConfig:
         self.rtmlib_pose_input_size = tuple(self.rtmlib_pose_input_size)
 
     def backend_options(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`cyberhost.data.keypoints.make_backend`."""
+        """Keyword arguments of :func:`cyberhost.media.keypoints.make_backend`."""
         if self.backend == "mediapipe":
             return {"static_image_mode": self.static_image_mode, "detect_short_side": self.detect_short_side or None}
         return {

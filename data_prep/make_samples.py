@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
+
+from cyberhost.media.audio import AudioTrack, read_audio
+from cyberhost.media.writer import VideoWriter
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 FPS = 25
@@ -111,34 +112,17 @@ def load_speech(name: str, seconds: float) -> np.ndarray:
     path = LIBRIVOX / name
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: install it with 'apt-get install -y pocketsphinx-testdata'")
-    with av.open(str(path)) as container:
-        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
-    if pcm.dtype == np.int16:
-        pcm = pcm.astype(np.float32) / 32768.0
     rate = 16_000
-    pcm = pcm[: round(seconds * rate)].astype(np.float32)
+    pcm = read_audio(path, rate)[: round(seconds * rate)]
     return np.pad(pcm, (0, max(0, round(seconds * rate) - len(pcm))))
 
 
 def write_video(path: Path, video: np.ndarray, speech: np.ndarray, sample: Sample) -> None:
-    """Encode frames (H.264, yuv420p) and speech (AAC) into an mp4."""
-    with av.open(str(path), "w", format="mp4") as container:
-        vs = container.add_stream("libx264", rate=FPS)
-        vs.height, vs.width = video.shape[1:3]
-        vs.pix_fmt = "yuv420p"
-        vs.options = {"crf": "24", "preset": "slow", "threads": "1"}
-        layout = "stereo" if sample.stereo else "mono"
-        aus = container.add_stream("aac", rate=sample.audio_rate, layout=layout)
-        aus.bit_rate = 48_000
-        resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample.audio_rate)
-        src = av.AudioFrame.from_ndarray(speech[None], format="flt", layout="mono")
-        src.sample_rate, src.time_base = 16_000, Fraction(1, 16_000)
-        for frame in [*resampler.resample(src), *resampler.resample(None)]:
-            container.mux(aus.encode(frame))
-        container.mux(aus.encode(None))
-        for img in video:
-            container.mux(vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-        container.mux(vs.encode(None))
+    """Encode frames (H.264, yuv420p) and speech (AAC at the sample's rate and channels) into an mp4."""
+    track = AudioTrack.mono(speech, 16_000).resampled(sample.audio_rate, "stereo" if sample.stereo else "mono")
+    with VideoWriter(path, FPS, video.shape[1:3], track, crf=24, options={"preset": "slow", "threads": "1"},
+                     audio_bit_rate=48_000) as writer:
+        writer.write(video)
 
 
 def main(argv: list[str] | None = None) -> None:

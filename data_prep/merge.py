@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from cyberhost.data.shards import TMP_SUFFIX, commit_records
+from cyberhost.data.shards import commit_records
+from cyberhost.media.files import atomic_copy
 from data_prep.outputs import read_ignored, write_ignored, write_outputs
 
 
@@ -39,12 +38,6 @@ class MergeError(SystemExit):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"data_prep.merge: error: {message}")
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + TMP_SUFFIX)
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 def plan_merge(parts: list[Path], dest: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -102,8 +95,8 @@ def merge_parts(parts: list[Path], output: Path) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     for src, record in todo:
         if record["shard"]:
-            _copy_atomic(src.parent / record["shard"], dest / record["shard"])
-        _copy_atomic(src, dest / src.name)  # the record last: it is what makes the tar visible
+            atomic_copy(src.parent / record["shard"], dest / record["shard"])
+        atomic_copy(src, dest / src.name)  # the record last: it is what makes the tar visible
     _merge_ignored(parts, dest)
     return len(todo)
 

@@ -14,12 +14,12 @@ under ``ignored``. Merging per-machine folders unites the parts' lists, one entr
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from cyberhost.data.shards import commit_records
+from cyberhost.media.files import atomic_write_bytes
 
 FORMAT = "cyberhost-clips/1"
 IGNORED = "ignored.json"
@@ -27,9 +27,7 @@ IGNORED = "ignored.json"
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=False).encode())
 
 
 def write_outputs(output: Path, config: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:

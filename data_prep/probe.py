@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
-import av
-
+from cyberhost.media.video import MediaError, MediaInfo, probe_media
 from data_prep.config import PrepConfig
 
 
@@ -16,26 +14,7 @@ class SkipInput(Exception):
     """An input that cannot give clips; the message is the report's reason."""
 
 
-@dataclass(frozen=True)
-class ProbeInfo:
-    """What the decoder needs to know about an input.
-
-    Attributes:
-        width: coded frame width (before rotation).
-        height: coded frame height.
-        duration: container duration in seconds (0 when unknown).
-        has_audio: the file has an audio stream.
-        codec: video codec name.
-    """
-
-    width: int
-    height: int
-    duration: float
-    has_audio: bool
-    codec: str
-
-
-def probe(path: Path, cfg: PrepConfig) -> ProbeInfo:
+def probe(path: Path, cfg: PrepConfig) -> MediaInfo:
     """Open a file and check it is a video this pipeline can use.
 
     Args:
@@ -43,7 +22,7 @@ def probe(path: Path, cfg: PrepConfig) -> ProbeInfo:
         cfg: thresholds (``max_input_pixels``, ``filters.require_audio``).
 
     Returns:
-        The probe result.
+        What :func:`cyberhost.media.video.probe_media` found.
 
     Raises:
         SkipInput: not a regular file (dangling link, directory, FIFO, device), empty, unreadable,
@@ -56,22 +35,10 @@ def probe(path: Path, cfg: PrepConfig) -> ProbeInfo:
     if not os.access(path, os.R_OK):
         raise SkipInput("unreadable: permission denied")
     try:
-        container = av.open(str(path))
-    except PermissionError as err:
-        raise SkipInput(f"unreadable: {err.strerror or err}") from err
-    except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as err:
-        raise SkipInput(f"not a readable media file ({type(err).__name__}: {getattr(err, 'strerror', None) or err})") from err
-    with container:
-        if not container.streams:
-            raise SkipInput("no media streams found (damaged or missing container header)")
-        if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams})
-            raise SkipInput(f"no video stream (has: {', '.join(kinds)})")
-        stream = container.streams.video[0]
-        ctx = stream.codec_context
-        width, height = int(ctx.width or 0), int(ctx.height or 0)
-        duration = float(container.duration / av.time_base) if container.duration else 0.0
-        info = ProbeInfo(width, height, duration, bool(container.streams.audio), ctx.name or "?")
+        info = probe_media(path)
+    except MediaError as err:
+        raise SkipInput(str(err)) from err
+    width, height = info.width, info.height
     if width <= 0 or height <= 0:
         raise SkipInput(f"video stream has no frame size ({info.codec})")
     if width * height > cfg.max_input_pixels:

@@ -18,15 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from cyberhost.data.keypoints import KeypointBackend, make_backend
+from cyberhost.data.schema import AUDIO_SAMPLE_RATE
 from cyberhost.data.shards import ClipShardWriter
+from cyberhost.media.audio import read_aligned_audio
+from cyberhost.media.keypoints import KeypointBackend, make_backend
+from cyberhost.media.video import FrameReader, MediaError
 from data_prep.annotate import AnnotatedFrame, StepTimer, annotate_frames, clip_regions
-from data_prep.audio import clip_audio, load_audio
+from data_prep.audio import clip_audio
 from data_prep.config import PrepConfig
 from data_prep.filters import audio_problem, clip_problem
 from data_prep.probe import SkipInput, probe
 from data_prep.segment import needed, windows
-from data_prep.video import FrameReader
 
 Progress = Callable[[int], None]
 
@@ -91,7 +93,7 @@ def process_input(path: Path, rel: str, cfg: PrepConfig, backend: KeypointBacken
     for index, (start, items) in enumerate(windows(stream, cfg.clip_frames, cfg.clip_stride, cfg.min_clip_frames)):
         if audio is None:  # after the first clip's frames, so the video's start time is known
             t = time.perf_counter()
-            audio, audio_error = load_audio(path, reader.start_time or 0.0)
+            audio, audio_error = read_aligned_audio(path, reader.start_time or 0.0, AUDIO_SAMPLE_RATE)
             timer.add("decode", time.perf_counter() - t)
         t, clarity = time.perf_counter(), timer.seconds["clarity"]
         clip = build_clip(f"{sid}-{index:04d}", start, items, audio, reader, rel, cfg, backend.name, timer)
@@ -130,7 +132,7 @@ def safe_process(path: Path, rel: str, cfg: PrepConfig, backend: KeypointBackend
     written = writer.open_input_clips
     try:
         return process_input(path, rel, cfg, backend, writer, timer, progress)
-    except SkipInput as err:
+    except (SkipInput, MediaError) as err:  # MediaError: the decoder's reason (no decodable frame...)
         reason = str(err)
     except Exception as err:  # noqa: BLE001 - one bad video must not stop the run
         reason = f"internal error ({type(err).__name__}: {err}); {traceback.format_exc(limit=-1).strip().splitlines()[-2].strip()}"

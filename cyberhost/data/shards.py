@@ -22,7 +22,6 @@ import json
 import os
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,14 @@ import cv2
 import numpy as np
 
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE, CLIP_FIELDS, META_FIELDS, validate_clip
+from cyberhost.media.files import TMP_SUFFIX, AtomicFile, atomic_write_bytes
+from cyberhost.media.video import decode_video_bytes
+from cyberhost.media.writer import encode_video_bytes
 
 FRAME_ENCODINGS = ("jpg", "mp4")
 """``jpg``: one JPEG per frame (random access); ``mp4``: one H.264 segment per clip (smaller)."""
 ARRAY_FIELDS = tuple(name for name in CLIP_FIELDS if name != "frames")
 """Fields stored as ``.npy`` members."""
-TMP_SUFFIX = ".tmp"
 
 
 # ----------------------------------------------------------------------------- frame codecs
@@ -63,25 +64,9 @@ def encode_frames(frames: np.ndarray, encoding: str, quality: int = 90, fps: flo
             out[f"f{i:04d}.jpg"] = buf.tobytes()
         return out
     if encoding == "mp4":
-        return {"frames.mp4": _encode_mp4(frames, quality, fps)}
-    raise ValueError(f"frame encoding must be one of {FRAME_ENCODINGS}, got {encoding!r}")
-
-
-def _encode_mp4(frames: np.ndarray, quality: int, fps: float) -> bytes:
-    import av  # local: only the mp4 path needs it
-
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.height, stream.width = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
-        stream.pix_fmt = "yuv420p"
         crf = round(51 * (100 - quality) / 100)
-        stream.options = {"crf": str(crf), "preset": "veryfast", "g": "8", "threads": "1"}
-        for frame in frames:
-            img = np.ascontiguousarray(frame[: stream.height, : stream.width])
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-        container.mux(stream.encode())
-    return buf.getvalue()
+        return {"frames.mp4": encode_video_bytes(frames, fps, crf, {"preset": "veryfast", "g": "8", "threads": "1"})}
+    raise ValueError(f"frame encoding must be one of {FRAME_ENCODINGS}, got {encoding!r}")
 
 
 def decode_frames(sample: dict[str, Any], indices: Sequence[int] | None = None) -> np.ndarray:
@@ -95,7 +80,7 @@ def decode_frames(sample: dict[str, Any], indices: Sequence[int] | None = None) 
         ``(len(indices), H, W, 3)`` uint8 RGB.
     """
     if "frames.mp4" in sample:
-        return _decode_mp4(sample["frames.mp4"], indices)
+        return decode_video_bytes(sample["frames.mp4"], indices)
     names = sorted(k for k in sample if k.startswith("f") and k.endswith(".jpg"))
     if indices is not None:
         names = [names[i] for i in indices]
@@ -108,24 +93,6 @@ def decode_frames(sample: dict[str, Any], indices: Sequence[int] | None = None) 
             raise ValueError(f"sample {sample.get('__key__', '?')!r}: {name} is not a JPEG")
         out.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
     return np.stack(out)
-
-
-def _decode_mp4(data: bytes, indices: Sequence[int] | None) -> np.ndarray:
-    import av
-
-    wanted = None if indices is None else set(indices)
-    last = None if indices is None else max(indices)
-    got: dict[int, np.ndarray] = {}
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for i, frame in enumerate(container.decode(stream)):
-            if wanted is None or i in wanted:
-                got[i] = frame.to_ndarray(format="rgb24")
-            if last is not None and i >= last:
-                break
-    order = sorted(got) if indices is None else list(indices)
-    return np.stack([got[i] for i in order])
 
 
 # ----------------------------------------------------------------------------- sample codec
@@ -202,15 +169,6 @@ def _cut(clip: dict[str, Any], start: int, length: int) -> None:
 # ----------------------------------------------------------------------------- writer
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class ClipShardWriter:
     """Writes clips into WebDataset tar shards, committing them atomically per input.
 
@@ -245,7 +203,7 @@ class ClipShardWriter:
         self.shard_index, self.worker, self.prefix = shard_index, worker, prefix
         self.max_shard_bytes, self.frame_encoding, self.quality = max_shard_bytes, frame_encoding, quality
         self._tar: tarfile.TarFile | None = None
-        self._tmp: Path | None = None
+        self._file: AtomicFile | None = None  # the open shard, under its temporary name
         self._bytes = 0
         self._keys: list[str] = []  # clips of the input in progress
         self._inputs: list[dict[str, Any]] = []  # finished inputs of the open shard
@@ -277,8 +235,8 @@ class ClipShardWriter:
         """
         sample = encode_clip(clip, self.frame_encoding, self.quality)
         if self._tar is None:
-            self._tmp = self.directory / f"open-{self.shard_index:05d}-{self.worker:03d}-{os.getpid()}.tar{TMP_SUFFIX}"
-            self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+            self._file = AtomicFile(self.directory / f"open-{self.shard_index:05d}-{self.worker:03d}-{os.getpid()}.tar{TMP_SUFFIX}")
+            self._tar = tarfile.open(fileobj=self._file.file, mode="w", format=tarfile.USTAR_FORMAT)
         size = 0
         key = sample.pop("__key__")
         for ext, data in sample.items():
@@ -322,13 +280,11 @@ class ClipShardWriter:
         tar_name = None
         if self._tar is not None:
             self._tar.close()
-            with open(self._tmp, "rb+") as f:
-                os.fsync(f.fileno())
             tar_name = f"{name}.tar"
-            os.replace(self._tmp, self.directory / tar_name)
+            self._file.commit(self.directory / tar_name)
         record = {"shard": tar_name, "num_clips": self._num_clips, "bytes": self._bytes, "inputs": self._inputs}
-        _atomic_write(self.directory / f"{name}.json", json.dumps(record, indent=1).encode())
-        self._tar, self._tmp, self._bytes, self._inputs, self._num_clips = None, None, 0, [], 0
+        atomic_write_bytes(self.directory / f"{name}.json", json.dumps(record, indent=1).encode())
+        self._tar, self._file, self._bytes, self._inputs, self._num_clips = None, None, 0, [], 0
         self.committed.append(f"{name}.json")
         return [f"{name}.json"]
 
@@ -344,8 +300,8 @@ class ClipShardWriter:
         """Drop the open shard and its inputs uncommitted (their inputs are redone by a rerun)."""
         if self._tar is not None:
             self._tar.close()
-            self._tmp.unlink(missing_ok=True)
-        self._tar, self._tmp, self._bytes, self._inputs, self._keys, self._num_clips = None, None, 0, [], [], 0
+            self._file.discard()
+        self._tar, self._file, self._bytes, self._inputs, self._keys, self._num_clips = None, None, 0, [], [], 0
 
 
 # ----------------------------------------------------------------------------- bookkeeping

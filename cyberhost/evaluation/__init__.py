@@ -1,8 +1,5 @@
-"""The paper's metrics with a pinned protocol (``cyberhost evaluate``) and shared video/audio IO.
+"""The paper's metrics with a pinned protocol (``cyberhost evaluate``).
 
-See :mod:`cyberhost.evaluation.evaluate` for the runner and the per-metric modules for the protocol.
+See :mod:`cyberhost.evaluation.evaluate` for the runner and the per-metric modules for the protocol;
+videos and audio are read through :mod:`cyberhost.media`.
 """
-
-from cyberhost.evaluation.io import read_audio, read_video, write_video
-
-__all__ = ["read_audio", "read_video", "write_video"]

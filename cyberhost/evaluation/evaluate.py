@@ -30,7 +30,6 @@ from cyberhost.evaluation import syncnet as sync_mod
 from cyberhost.evaluation.face import FaceEmbedder, align_faces, csim, load_face_embedder
 from cyberhost.evaluation.frechet import FeatureStats
 from cyberhost.evaluation.inception import load_feature_extractor
-from cyberhost.evaluation.io import read_audio, read_video
 from cyberhost.evaluation.metrics import (
     KeypointFn,
     average_keypoint_distance,
@@ -41,6 +40,7 @@ from cyberhost.evaluation.metrics import (
     match_ground_truth,
 )
 from cyberhost.evaluation.pairs import VideoPair
+from cyberhost.media import read_audio, read_video
 
 __all__ = ["ALL_METRICS", "PROTOCOL", "WEIGHT_FILES", "EvalConfig", "Evaluator", "write_outputs"]
 

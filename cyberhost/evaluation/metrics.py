@@ -300,16 +300,16 @@ def average_keypoint_distance(
 
 
 def backend_keypoint_fn(name: str = "mediapipe", **options: object) -> KeypointFn:
-    """Wrap the project's keypoint backend (:mod:`cyberhost.data.keypoints`) as a :data:`KeypointFn`.
+    """Wrap the project's keypoint backend (:mod:`cyberhost.media.keypoints`) as a :data:`KeypointFn`.
 
     Each call resets the backend's tracker (one call = one video) and keeps the dominant person
     per frame; frames without a person get zeros (confidence 0).
 
     Args:
-        name: backend name for :func:`cyberhost.data.keypoints.make_backend` (``mediapipe``, ``rtmlib``).
+        name: backend name for :func:`cyberhost.media.keypoints.make_backend` (``mediapipe``, ``rtmlib``).
         **options: backend options (rtmlib needs its local ONNX paths).
     """
-    from cyberhost.data.keypoints import dominant_person, make_backend
+    from cyberhost.media.keypoints import dominant_person, make_backend
 
     backend = make_backend(name, **options)
 

@@ -121,7 +121,7 @@ def make_keypoint_backend(args: argparse.Namespace, device: torch.device) -> Any
     Raises:
         KeypointError: rtmlib without its model files, or a backend that cannot be built (the reason in one line).
     """
-    from cyberhost.data.keypoints import MediaPipeHolistic, make_backend
+    from cyberhost.media.keypoints import MediaPipeHolistic, make_backend
 
     if args.keypoints == "rtmlib":
         if not (args.rtmlib_det and args.rtmlib_pose):

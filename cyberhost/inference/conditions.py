@@ -29,9 +29,9 @@ import numpy as np
 from cyberhost.data import regions
 from cyberhost.data.buckets import BucketConfig, nearest_bucket
 from cyberhost.data.conditions import Conditions, FrameChoice, build_conditions, focus_box
-from cyberhost.data.keypoints import KeypointBackend, dominant_person
 from cyberhost.data.schema import BODY
 from cyberhost.data.transforms import TransformConfig, choose_crop, map_points
+from cyberhost.media.keypoints import KeypointBackend, dominant_person
 
 from .errors import GenerateError, KeypointError, NoPersonError
 

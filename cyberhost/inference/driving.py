@@ -25,9 +25,10 @@ from typing import TypeVar
 import numpy as np
 
 from cyberhost.data import regions
-from cyberhost.data.keypoints import KeypointBackend
 from cyberhost.data.schema import LEFT_SHOULDER, NUM_KEYPOINTS, RIGHT_SHOULDER
 from cyberhost.data.transforms import TransformConfig, choose_crop, map_points, person_box
+from cyberhost.media.keypoints import KeypointBackend
+from cyberhost.media.video import count_frames, iter_video, video_fps
 
 from .conditions import ReferenceConditions, detect_person
 from .errors import GenerateError, NoPersonError
@@ -46,8 +47,6 @@ class DrivingVideo:
     """
 
     def __init__(self, source: str | Path | tuple[np.ndarray, float]) -> None:
-        from cyberhost.evaluation.io import video_fps
-
         self._frames: np.ndarray | None = None
         self._path: Path | None = None
         if isinstance(source, tuple):
@@ -64,8 +63,6 @@ class DrivingVideo:
 
     def count(self) -> int:
         """Frames of the video (a decoding pass for a file; nothing is converted or kept)."""
-        from cyberhost.evaluation.io import count_frames
-
         return len(self._frames) if self._frames is not None else self._guard(count_frames, self._path)
 
     def frames(self) -> Iterator[np.ndarray]:
@@ -73,8 +70,6 @@ class DrivingVideo:
         if self._frames is not None:
             yield from self._frames
             return
-        from cyberhost.evaluation.io import iter_video
-
         stream = iter_video(self._path)
         while True:
             try:

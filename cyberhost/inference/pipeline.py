@@ -34,11 +34,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from cyberhost.data.conditions import MODE_OVERLAYS, MODES
-from cyberhost.data.keypoints import KeypointBackend, MediaPipeHolistic
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE
 from cyberhost.data.transforms import TransformConfig, to_unit
 from cyberhost.diffusion import GuidedSampler, NoiseSchedule, SamplerConfig
-from cyberhost.evaluation.io import AudioTrack, read_audio, read_audio_track
+from cyberhost.media import AudioTrack, VideoWriter, read_audio, read_audio_track
+from cyberhost.media.keypoints import KeypointBackend, MediaPipeHolistic
 from cyberhost.models import CyberHost
 from cyberhost.models.conditioning import guided_denoiser, network_inputs
 
@@ -53,7 +53,6 @@ from .conditions import (
 from .driving import DrivingVideo, driving_keypoints
 from .errors import AudioReadError, GenerateError
 from .loading import InferenceSettings
-from .video import VideoWriter
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +225,7 @@ def _conditioning_audio(audio: str | Path | np.ndarray | None) -> np.ndarray | N
     return None if audio is None else np.asarray(audio, np.float32).reshape(-1)
 
 
-def output_track(audio: str | Path | np.ndarray | None, seconds: float) -> AudioTrack | np.ndarray | None:
+def output_track(audio: str | Path | np.ndarray | None, seconds: float) -> AudioTrack | None:
     """The mp4's audio, cut to ``seconds``: an audio file's own track (rate, channels), else the given samples.
 
     The network hears 16 kHz mono (:func:`load_audio`); the video carries the input as it was,
@@ -235,7 +234,7 @@ def output_track(audio: str | Path | np.ndarray | None, seconds: float) -> Audio
     if audio is None:
         return None
     if not isinstance(audio, str | Path):
-        return np.asarray(audio, np.float32).reshape(-1)[: round(seconds * AUDIO_SAMPLE_RATE)]
+        return AudioTrack.mono(audio, AUDIO_SAMPLE_RATE).trimmed(seconds)
     try:
         return read_audio_track(audio, seconds)
     except Exception as err:  # PyAV decoder errors
@@ -404,7 +403,7 @@ def generate_video(
             backend.close()
     plan, size = inputs.plan, inputs.reference.size
     track = output_track(audio, plan.total / plan.fps) if output else None
-    writer = VideoWriter(output, plan.fps, size, track, AUDIO_SAMPLE_RATE, config.crf, frames_dir) if output else None
+    writer = VideoWriter(output, plan.fps, size, track, crf=config.crf, frames_dir=frames_dir) if output else None
     kept: list[np.ndarray] = []
     sampler = GuidedSampler(NoiseSchedule(settings.schedule).sampling_scheduler(),
                             SamplerConfig(config.steps, config.ref_scale, config.audio_scale, config.eta))

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from cyberhost.diffusion import GuidedSampler, SamplerConfig
+from cyberhost.media import even_crop, write_video
 from cyberhost.models.conditioning import guided_denoiser
 from cyberhost.training.checkpoints import export_safetensors
 
@@ -101,20 +102,6 @@ def _grid(rows: list[Tensor]) -> np.ndarray:
     return video.permute(0, 2, 3, 1).clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
-def write_mp4(path: Path, video: np.ndarray, fps: float) -> None:
-    """Write ``(F, H, W, 3)`` uint8 as H.264 mp4 (sides cut to even sizes)."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = video.shape[1] // 2 * 2, video.shape[2] // 2 * 2
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=int(round(fps)))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for frame in video:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24")))
-        container.mux(stream.encode())
-
-
 class ValidationSamples(L.Callback):
     """At validation (every ``every_n_steps``; 0 = every validation): sample the first validation batch and log
     reference | generated | ground truth.
@@ -170,7 +157,7 @@ class ValidationSamples(L.Callback):
 
     def _write(self, trainer: L.Trainer, video: np.ndarray, step: int) -> None:
         path = run_dir(trainer) / "samples" / f"step_{step:07d}.mp4"
-        write_mp4(path, video, self.fps)
+        write_video(path, even_crop(video), self.fps, crf=None)  # x264's default quality
         exp = getattr(trainer.logger, "experiment", None)
         if exp is not None and hasattr(exp, "add_image"):
             exp.add_image("val/samples", video[0], step, dataformats="HWC")

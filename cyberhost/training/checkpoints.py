@@ -6,9 +6,10 @@ safetensors exports, EMA) lives in the Lightning-free :mod:`cyberhost.weights`, 
 
 Lightning's local ``_atomic_save`` writes through an fsspec transaction whose temporary file lives
 in the system temp folder: when that is another file system, the final move is a copy, and there
-is no ``fsync``. :class:`AtomicCheckpointIO` streams ``torch.save`` into a temporary file beside the
-target (never the whole checkpoint in memory: an sd15 one is ~10 GB), syncs it and ``os.replace``-s
-it, so a killed job leaves either the old or the new ``last.ckpt``, never half.
+is no ``fsync``. :class:`AtomicCheckpointIO` streams ``torch.save`` through the project's one
+atomic write (:func:`cyberhost.media.files.atomic_file`: a synced temporary file beside the target,
+then ``os.replace``; never the whole checkpoint in memory: an sd15 one is ~10 GB), so a killed job
+leaves either the old or the new ``last.ckpt``, never half.
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from safetensors.torch import save_file
 
 from cyberhost import weights
+from cyberhost.media.files import atomic_file
 from cyberhost.weights import (
     DCP_METADATA,
     UnsafeCheckpointError,
-    atomic_file,
-    atomic_write_bytes,
     export_safetensors,
     load_distributed_state,
     load_network_weights,
@@ -82,7 +82,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 __all__ = [
-    "DCP_METADATA", "AtomicCheckpointIO", "UnsafeCheckpointError", "atomic_file", "atomic_write_bytes",
-    "checkpoint_safe_globals", "export_safetensors", "load_distributed_state", "load_network_weights",
-    "safe_torch_load", "save_file", "training_globals",
+    "DCP_METADATA", "AtomicCheckpointIO", "UnsafeCheckpointError", "checkpoint_safe_globals", "export_safetensors",
+    "load_distributed_state", "load_network_weights", "safe_torch_load", "save_file", "training_globals",
 ]  # fmt: skip

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE
-from data_prep.audio import clip_audio, load_audio
-from data_prep.video import FrameReader
+from cyberhost.media.audio import read_aligned_audio
+from cyberhost.media.video import FrameReader
+from data_prep.audio import clip_audio
 from tests.data_prep.media import write_video
 
 FLASH = 30  # the white frame of every test video: video time 1.2 s at 25 fps
@@ -27,7 +28,7 @@ def _flash_video() -> np.ndarray:
 def _measure(path):
     reader = FrameReader(path, 25, 512)
     flash = int(np.argmax([f.mean() for _, f in reader]))
-    signal, error = load_audio(path, reader.start_time)
+    signal, error = read_aligned_audio(path, reader.start_time)
     onsets = np.flatnonzero(np.abs(signal) > 0.05)
     return reader, flash, signal, error, onsets
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_prep.video import FrameReader, output_size
+from cyberhost.media.video import FrameReader, output_size
 from tests.data_prep.media import sample_frames, tone, write_video
 
 

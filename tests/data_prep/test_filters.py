@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cyberhost.data import regions
-from cyberhost.data.keypoints import dominant_person
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE, BODY, FACE, LEFT_SHOULDER, NUM_KEYPOINTS, RIGHT_SHOULDER
+from cyberhost.media.keypoints import dominant_person
 from data_prep.config import FilterConfig
 from data_prep.filters import AUDIO_END_TOLERANCE_S, audio_problem, clip_problem
 

@@ -8,8 +8,8 @@ import types
 import numpy as np
 import pytest
 
-from cyberhost.data.keypoints import RTMLibPaths, RTMLibWholebody, dominant_person, make_backend
 from cyberhost.data.schema import NUM_KEYPOINTS
+from cyberhost.media.keypoints import RTMLibPaths, RTMLibWholebody, dominant_person, make_backend
 from data_prep.config import KeypointConfig
 
 

@@ -6,12 +6,12 @@ import av
 import numpy as np
 import pytest
 
-from cyberhost.data.keypoints import (
+from cyberhost.data.schema import FACE, LEFT_SHOULDER, NUM_KEYPOINTS, RIGHT_SHOULDER
+from cyberhost.media.keypoints import (
     FACE_MESH_TO_68,
     MediaPipeHolistic,
     dominant_person,
 )
-from cyberhost.data.schema import FACE, LEFT_SHOULDER, NUM_KEYPOINTS, RIGHT_SHOULDER
 from data_prep.__main__ import DEFAULT_CONFIG, main
 from data_prep.config import PrepConfig
 from data_prep.run import PrepError, partition, partition_from_env

@@ -16,8 +16,8 @@ import pytest
 from cyberhost.data.schema import LEFT_HAND, LEFT_SHOULDER, NOSE, NUM_KEYPOINTS, RIGHT_HAND, RIGHT_SHOULDER
 from cyberhost.evaluation import cli
 from cyberhost.evaluation import evaluate as evaluate_mod
-from cyberhost.evaluation.io import write_video
 from cyberhost.evaluation.metrics import average_keypoint_distance, frame_keypoint_distances, person_scale
+from cyberhost.media import write_video
 from tests.evaluation.helpers import person_keypoints
 
 LEFT_ELBOW, LEFT_BIG_TOE, NOSE_TIP = 7, 17, 23 + 30

@@ -11,9 +11,9 @@ import torch
 
 from cyberhost.evaluation import cli
 from cyberhost.evaluation import evaluate as evaluate_mod
-from cyberhost.evaluation.io import write_video
 from cyberhost.evaluation.pairs import VideoPair
 from cyberhost.evaluation.syncnet import SyncNetV2
+from cyberhost.media import write_video
 from tests.evaluation.helpers import MeanColour, TinyI3D, moving_frames, person_keypoints, save_script
 
 H, W, FRAMES = 48, 64, 20

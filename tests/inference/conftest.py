@@ -14,8 +14,8 @@ import yaml
 from skimage.data import astronaut
 
 from cyberhost.data.buckets import BucketConfig
-from cyberhost.data.keypoints import MediaPipeHolistic, dominant_person
 from cyberhost.inference.loading import InferenceSettings
+from cyberhost.media.keypoints import MediaPipeHolistic, dominant_person
 from cyberhost.models import CyberHost, CyberHostConfig
 
 SIZE = 64

@@ -213,7 +213,7 @@ def test_no_config_anywhere_and_stage1(tmp_path: Path) -> None:
 
 def test_crafted_checkpoint_calling_our_code_is_refused(tmp_path: Path) -> None:
     """A pickled call of one of our own functions is not a config type: refused, and nothing runs."""
-    from cyberhost.weights import atomic_write_bytes
+    from cyberhost.media.files import atomic_write_bytes
 
     marker = tmp_path / "pwned"
 

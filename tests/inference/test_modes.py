@@ -149,8 +149,8 @@ def _whole_video_maps(path, ref, backend, transform, fps: float, total: int, mod
     """The previous behaviour: decode the whole driving video, detect, crop, align, draw every map."""
     from cyberhost.data import regions
     from cyberhost.data.transforms import choose_crop, map_points, person_box
-    from cyberhost.evaluation.io import read_video
     from cyberhost.inference.conditions import detect_person
+    from cyberhost.media import read_video
 
     mc = transform.min_confidence
     frames, src_fps = read_video(path)
@@ -178,8 +178,8 @@ def _whole_video_maps(path, ref, backend, transform, fps: float, total: int, mod
 def test_streamed_driving_video_equals_whole_video(tmp_path, photo, photo_keypoints, monkeypatch, mode, fps) -> None:
     # the driving video ends before the audio; at 60 fps its last frame is not one an output frame shows,
     # yet it is the one held for the rest
-    from cyberhost.evaluation import io as eval_io
-    from cyberhost.evaluation.io import write_video
+    from cyberhost.media import video as media_video
+    from cyberhost.media import write_video
 
     clip = make_clip("drive-0001", num_frames=14, size=(96, 80), seed=2)
     path = tmp_path / "drive.mp4"
@@ -191,7 +191,7 @@ def test_streamed_driving_video_equals_whole_video(tmp_path, photo, photo_keypoi
     ref = prepare_reference(photo, backend, settings_for(model).transform, settings.buckets)
     expected = _whole_video_maps(path, ref, backend, settings.transform, 25.0, 18, mode)  # (18, 3, H, W)
     assert not torch.equal(expected[0], expected[8])  # the figure moves, so the comparison can fail
-    monkeypatch.setattr(eval_io, "read_video", lambda *a, **k: pytest.fail("the driving video was read whole"))
+    monkeypatch.setattr(media_video, "read_video", lambda *a, **k: pytest.fail("the driving video was read whole"))
     seen = _capture_movement(model)
     generate_video(model, photo, audio, None, settings=settings, config=GenerateConfig(mode=mode, steps=1),
                    backend=backend, driving=path, progress=False)

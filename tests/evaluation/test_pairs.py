@@ -1,40 +1,10 @@
-"""PyAV reading/writing and pair discovery, including the error messages."""
+"""Pair discovery (by stem and from a CSV), including the error messages."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from cyberhost.evaluation.io import read_audio, read_video, write_video
 from cyberhost.evaluation.pairs import discover_pairs, read_pairs_csv
-from tests.evaluation.helpers import moving_frames
-
-
-def test_video_and_audio_round_trip(tmp_path) -> None:
-    frames = moving_frames(10, 48, 64, seed=0)
-    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(16_000) / 16_000)).astype(np.float32)
-    write_video(tmp_path / "a.mp4", frames, 25, tone, crf=0)
-    got, fps = read_video(tmp_path / "a.mp4")
-    assert got.shape == frames.shape and got.dtype == np.uint8 and fps == 25.0
-    assert np.abs(got.astype(int) - frames).mean() < 3  # smooth content, near-lossless
-    audio = read_audio(tmp_path / "a.mp4")
-    assert audio.dtype == np.float32 and abs(len(audio) - 16_000) <= 1024  # AAC pads a frame
-    assert np.abs(audio).max() == pytest.approx(0.3, abs=0.05)
-    assert len(read_audio(tmp_path / "a.mp4", sr=8000)) == pytest.approx(len(audio) / 2, abs=64)
-    assert len(read_video(tmp_path / "a.mp4", max_frames=4)[0]) == 4
-
-
-def test_io_errors(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="no such file"):
-        read_video(tmp_path / "missing.mp4")
-    write_video(tmp_path / "silent.mp4", moving_frames(3, 16, 16, 0), 25)
-    with pytest.raises(ValueError, match="no audio stream"):
-        read_audio(tmp_path / "silent.mp4")
-    (tmp_path / "junk.mp4").write_bytes(b"not a video")
-    with pytest.raises(ValueError, match="cannot open"):
-        read_video(tmp_path / "junk.mp4")
-    with pytest.raises(ValueError, match="even frame size"):
-        write_video(tmp_path / "odd.mp4", moving_frames(2, 15, 16, 0), 25)
 
 
 def _touch(folder, *names) -> None:
