@@ -170,27 +170,33 @@ def generation_clip(reference: ReferenceConditions, num_frames: int, clarity: np
             frames past its end hold its last frame.
 
     Returns:
-        Per-frame arrays of ``num_frames + 1`` frames; index ``num_frames`` is the reference.
+        Per-frame arrays of ``num_frames + 1`` frames; index ``num_frames`` is the reference. What
+        every frame shares with the reference (boxes, thorax, the keypoints without a driving
+        video) is a read-only view of the reference's one frame, so memory does not grow with the
+        video's length.
     """
     ref = reference.clip
     n = num_frames
-    kps = np.repeat(ref["keypoints"], n, axis=0)
+    clip = {name: _held(ref[name], n + 1) for name in ("face_box", "hand_boxes", "thorax")}
+    clip["keypoints"] = _held(ref["keypoints"], n + 1)
     if driving is not None:
         idx = np.minimum(np.arange(n), len(driving) - 1)
         src = driving[idx].copy()  # output pixels -> reference image pixels (the crop is inverted)
         scale = np.array([(reference.crop[2] - reference.crop[0]) / reference.size[1],
                           (reference.crop[3] - reference.crop[1]) / reference.size[0]], np.float32)
         src[..., :2] = src[..., :2] * scale + reference.crop[:2]
-        kps = src.astype(np.float32)
+        clip["keypoints"] = np.concatenate([src.astype(np.float32), ref["keypoints"]])
     wave = np.zeros(0, np.float32) if audio is None else np.asarray(audio, np.float32)
-    clip = {name: np.concatenate([np.repeat(ref[name], n, axis=0), ref[name]]) for name in
-            ("face_box", "hand_boxes", "thorax")}
-    clip["keypoints"] = np.concatenate([kps, ref["keypoints"]])
     clip["hand_clarity"] = np.concatenate([np.repeat(np.asarray(clarity, np.float32)[None], n, axis=0),
-                                           ref["hand_clarity"]])
+                                           ref["hand_clarity"]])  # 8 bytes a frame
     clip.update(movement_range=ref["movement_range"], audio=wave, width=ref["width"], height=ref["height"],
                 num_frames=n + 1)
     return clip
+
+
+def _held(one_frame: np.ndarray, frames: int) -> np.ndarray:
+    """A one-frame array ``(1, ...)`` seen as ``frames`` equal frames, without copying (read-only)."""
+    return np.broadcast_to(one_frame[:1], (frames, *one_frame.shape[1:]))
 
 
 def segment_conditions(reference: ReferenceConditions, clip: Mapping[str, Any], start: int, length: int,

@@ -20,8 +20,10 @@ length. Driving videos are streamed (:mod:`.driving`) and their maps drawn per s
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +39,7 @@ from cyberhost.data.conditions import MODE_OVERLAYS, MODES
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE
 from cyberhost.data.transforms import TransformConfig, to_unit
 from cyberhost.diffusion import GuidedSampler, NoiseSchedule, SamplerConfig
-from cyberhost.media import AudioTrack, VideoWriter, read_audio, read_audio_track
+from cyberhost.media import AudioFileTrack, AudioTrack, VideoWriter, read_audio
 from cyberhost.media.keypoints import KeypointBackend, MediaPipeHolistic
 from cyberhost.models import CyberHost
 from cyberhost.models.conditioning import guided_denoiser, network_inputs
@@ -55,6 +57,11 @@ from .errors import AudioReadError, GenerateError
 from .loading import InferenceSettings
 
 log = logging.getLogger(__name__)
+
+M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter number of the mmap threshold (``<malloc.h>``)."""
+MMAP_THRESHOLD = 128 * 1024
+"""glibc's initial mmap threshold, which generation keeps (see :func:`pin_mmap_threshold`)."""
 
 
 @dataclass
@@ -225,18 +232,18 @@ def _conditioning_audio(audio: str | Path | np.ndarray | None) -> np.ndarray | N
     return None if audio is None else np.asarray(audio, np.float32).reshape(-1)
 
 
-def output_track(audio: str | Path | np.ndarray | None, seconds: float) -> AudioTrack | None:
+def output_track(audio: str | Path | np.ndarray | None, seconds: float) -> AudioTrack | AudioFileTrack | None:
     """The mp4's audio, cut to ``seconds``: an audio file's own track (rate, channels), else the given samples.
 
     The network hears 16 kHz mono (:func:`load_audio`); the video carries the input as it was,
-    re-encoded to AAC.
+    re-encoded to AAC. A file's track is decoded only while the writer encodes it, chunk by chunk.
     """
     if audio is None:
         return None
     if not isinstance(audio, str | Path):
         return AudioTrack.mono(audio, AUDIO_SAMPLE_RATE).trimmed(seconds)
     try:
-        return read_audio_track(audio, seconds)
+        return AudioFileTrack(audio, seconds)
     except Exception as err:  # PyAV decoder errors
         raise AudioReadError(f"cannot read audio from {audio}: {type(err).__name__}: {err}") from err
 
@@ -299,6 +306,24 @@ def _prepare(image: str | Path | np.ndarray | ReferenceConditions, audio: str | 
     clarity = resolve_clarity(config.hand_clarity, ref, getattr(settings, "conditions", {}).get("hand_clarity"))
     clip = generation_clip(ref, plan.segments * plan.seg, clarity, wave, seq)
     return _Inputs(ref, wave, clip, plan)
+
+
+def pin_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
+    """Have glibc serve every host allocation of ``size`` bytes or more by ``mmap``, unmapped when freed.
+
+    glibc starts at 128 KiB but raises its threshold to the size of each larger mmapped block
+    that is freed (up to 32 MiB), and the first such frees happen while the network is built. From
+    then on the buffers of every sampling step (MiBs each, allocated and freed by the thousand)
+    are cut from the heap, which fragments: the heap's resident pages climbed segment after
+    segment, so peak host memory grew with the video's length although what is in use does not.
+    Setting the threshold once turns glibc's adjustment off for the process (a no-op elsewhere).
+
+    Returns:
+        Whether the threshold was set (False off glibc).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, size))
 
 
 def _ticking(denoise: Callable[[Tensor, Tensor, bool, bool], Tensor],
@@ -388,6 +413,7 @@ def generate_video(
         NoPersonError, AudioReadError, KeypointError, GenerateError: unusable inputs, naming them.
     """
     start = time.perf_counter()
+    pin_mmap_threshold()  # host memory flat in the video's length
     config = config or GenerateConfig()
     settings = settings or InferenceSettings(model=model.config)
     if model.config.stage != 2:
