@@ -36,7 +36,7 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"model.w": torch.zeros(1)}, "payload": _CallsOurCode(marker)}, path)
-    assert "cyberhost.weights.atomic_write_bytes" in torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    assert "cyberhost.weights.files.atomic_write_bytes" in torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     for load in (lambda: load_network_weights(path, "model.init_args.stage1_checkpoint"),
                  lambda: AtomicCheckpointIO().load_checkpoint(path)):  # stage-1 hand-off and --ckpt_path resume
         with pytest.raises(UnsafeCheckpointError, match=r"atomic_write_bytes.*refusing"):
