@@ -440,7 +440,7 @@ class CyberHost(nn.Module):
         noisy_latents: Tensor,
         timesteps: Tensor,
         reference: ReferenceFeatures | None = None,
-        movement_map: Tensor | None = None,
+        driving_map: Tensor | None = None,
         audio_tokens: Tensor | None = None,
         hand_clarity: Tensor | None = None,
         hand_clarity_valid: Tensor | None = None,
@@ -453,7 +453,9 @@ class CyberHost(nn.Module):
             noisy_latents: ``(B, F, 4, h, w)`` (F = 1 for stage 1 image pairs).
             timesteps: ``(B,)`` diffusion timesteps.
             reference: from :meth:`encode_reference`; None = no reference at all.
-            movement_map: ``(B, F, 3, H, W)`` body movement map (pixel resolution, 8x the latent).
+            driving_map: ``(B, F, 3, H, W)`` in ``[0, 1]``, what the Pose Encoder adds to the noised latent
+                (pixel resolution, 8x the latent): the body movement map, or the skeleton maps of the
+                video-driven and multimodal modes (``Conditions.driving_map``).
             audio_tokens: ``(B, F, K, D)`` from :meth:`encode_audio` (stage 2).
             hand_clarity: ``(B, F, 2)`` left/right hand clarity scores (finite; the value of an
                 absent hand is ignored) (stage 2).
@@ -465,8 +467,8 @@ class CyberHost(nn.Module):
         b, f = noisy_latents.shape[:2]
         _check_flags(b, drop_reference=drop_reference, drop_audio=drop_audio)
         x = noisy_latents.flatten(0, 1)  # (BF, 4, h, w)
-        if movement_map is not None:
-            x = x + self.pose_encoder(movement_map.flatten(0, 1).to(x.dtype))
+        if driving_map is not None:
+            x = x + self.pose_encoder(driving_map.flatten(0, 1).to(x.dtype))
         emb = time_embedding(self.unet, timesteps.expand(b)).repeat_interleave(f, 0)  # (BF, D)
         if hand_clarity is not None and self.config.stage == 2:
             if hand_clarity_valid is not None and hand_clarity_valid.shape != hand_clarity.shape:
@@ -515,7 +517,7 @@ class CyberHost(nn.Module):
     def denoiser(
         self,
         reference: ReferenceFeatures,
-        movement_map: Tensor | None = None,
+        driving_map: Tensor | None = None,
         audio_tokens: Tensor | None = None,
         hand_clarity: Tensor | None = None,
         hand_clarity_valid: Tensor | None = None,
@@ -529,7 +531,7 @@ class CyberHost(nn.Module):
 
         def denoise(x: Tensor, t: Tensor, use_reference: bool, use_audio: bool) -> Tensor:
             everyone = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-            return self(x, t, reference, movement_map, audio_tokens, hand_clarity, hand_clarity_valid,
+            return self(x, t, reference, driving_map, audio_tokens, hand_clarity, hand_clarity_valid,
                         drop_reference=None if use_reference else everyone,
                         drop_audio=None if use_audio else everyone).sample
 

@@ -24,7 +24,7 @@ def inputs(stage: int, batch: int = 2, frames: int = 3, motion: int = 2, seed: i
         "ref_skeleton": torch.randn(batch, 3, 8 * LATENT, 8 * LATENT, generator=g),
         "noisy": torch.randn(batch, f, 4, LATENT, LATENT, generator=g),
         "t": torch.randint(0, 1000, (batch,), generator=g),
-        "movement": torch.randn(batch, f, 3, 8 * LATENT, 8 * LATENT, generator=g),
+        "driving_map": torch.randn(batch, f, 3, 8 * LATENT, 8 * LATENT, generator=g),
     }
     if stage == 2:
         d["motion"] = torch.randn(batch, motion, 4, LATENT, LATENT, generator=g)
@@ -43,7 +43,7 @@ def run(model: CyberHost, x: dict[str, torch.Tensor], **kwargs: object):
     ref = model.encode_reference(x["ref_latents"], x["ref_skeleton"], x.get("motion"), x.get("face"), x.get("hands"),
                                  face_valid=x.get("face_valid"), hand_valid=x.get("hand_valid"))
     audio = model.encode_audio(x["audio"], x["noisy"].shape[1]) if "audio" in x else None
-    out = model(x["noisy"], x["t"], ref, x["movement"], audio, x.get("clarity"), x.get("clarity_valid"), **kwargs)
+    out = model(x["noisy"], x["t"], ref, x["driving_map"], audio, x.get("clarity"), x.get("clarity_valid"), **kwargs)
     return out, ref
 
 

@@ -55,7 +55,7 @@ def test_stage2_at_init_reproduces_stage1_per_frame() -> None:
     ref = s1.encode_reference(x["ref_latents"], x["ref_skeleton"])
     b, f = x["noisy"].shape[:2]
     per_frame = s1(x["noisy"].flatten(0, 1)[:, None], x["t"].repeat_interleave(f), _repeat(ref, f),
-                   x1["movement"].flatten(0, 1)[:, None])
+                   x1["driving_map"].flatten(0, 1)[:, None])
     torch.testing.assert_close(out2.sample, per_frame.sample.view(b, f, 4, LATENT, LATENT), rtol=0, atol=1e-5)
 
 
@@ -140,14 +140,14 @@ def test_frame_output_ignores_audio_of_other_frames() -> None:
     x = inputs(2, frames=4)
     ref = model.encode_reference(x["ref_latents"], x["ref_skeleton"], x["motion"], x["face"], x["hands"])
     tokens = model.encode_audio(x["audio"], 4).detach().requires_grad_(True)
-    out = model(x["noisy"], x["t"], ref, x["movement"], tokens, x["clarity"])
+    out = model(x["noisy"], x["t"], ref, x["driving_map"], tokens, x["clarity"])
     out.sample[:, 1].sum().backward()
     per_frame = tokens.grad.abs().flatten(2).amax(-1)  # (B, F)
     assert (per_frame[:, 1] > 0).all() and per_frame[:, [0, 2, 3]].max() == 0
     # dropping the audio of sample 0 removes its influence entirely
     tokens.grad = None
     ref = model.encode_reference(x["ref_latents"], x["ref_skeleton"], x["motion"], x["face"], x["hands"])
-    out = model(x["noisy"], x["t"], ref, x["movement"], tokens, x["clarity"], drop_audio=torch.tensor([True, False]))
+    out = model(x["noisy"], x["t"], ref, x["driving_map"], tokens, x["clarity"], drop_audio=torch.tensor([True, False]))
     out.sample.sum().backward()
     assert tokens.grad[0].abs().max() == 0 and tokens.grad[1].abs().max() > 0
 
