@@ -10,9 +10,19 @@ Under FSDP2 (parameters are sharded ``DTensor``\\ s, ``CyberHostModule.configure
 is collective: rank 0 alone reads files and plans; the plan is broadcast (so every rank fails
 together, with rank 0's message); tensors reach the other ranks one at a time
 (``set_model_state_dict(broadcast_from_rank0=True)``), each rank keeping its shard. So at start-up
-a rank holds its shards, the replicated frozen parts (VAE, wav2vec2, ArcFace: FSDP2 does not
-shard them) and one full tensor in flight; rank 0 also holds the source being copied (one
-pretrained part, or the checkpoint, memory-mapped). No rank ever holds the whole network.
+a rank holds:
+
+* its shard of every ``fully_shard`` unit (UNet blocks and stems, every trainable part);
+* whole copies of what FSDP2 leaves unsharded: the frozen VAE, wav2vec2 and ArcFace, and the
+  root's own ``text_context``;
+* one full tensor in flight (a broadcast tensor, or the one module being initialised);
+* rank 0 only, while it is copied: the source being read -- one pretrained part at a time (the
+  SD-1.5 UNet is the largest, ~3.4 GB in fp32), or the starting checkpoint: a ``.ckpt`` is
+  memory-mapped (pages are read as tensors are sent), a safetensors export or an FSDP2 folder is
+  read whole (a stage-1 sd15 checkpoint, ~7 GB).
+
+No rank holds the whole network. What is not done yet: reading an FSDP2 folder shard by shard
+straight into the sharded network (``torch.distributed.checkpoint.load`` resharding).
 """
 
 from __future__ import annotations
@@ -95,15 +105,16 @@ def _on_rank0(sharded: bool, fn: Callable[[], Any], share: bool = True) -> Any:
 
 
 @contextlib.contextmanager
-def _full_parameters(module: nn.Module) -> Iterator[None]:
-    """Swap the module's own sharded parameters for full temporaries; on exit keep each rank's shard of them.
+def _full_parameters(module: nn.Module, src: int) -> Iterator[bool]:
+    """Swap the module's own sharded parameters for full temporaries; on exit scatter rank ``src``'s values.
 
-    Every rank draws the same full values (same seed, same order), so the shards fit together as
-    if one tensor had been drawn and split; only one module's tensors are ever full.
+    Yields whether this rank draws the values: always for a module without sharded parameters
+    (every rank draws the same, from the module's own seed), else only on rank ``src``; the
+    others just receive their shards. Only one module's tensors are ever full.
     """
     sharded = {n: p for n, p in module.named_parameters(recurse=False) if type(p).__name__ == "DTensor"}
     if not sharded:
-        yield
+        yield True
         return
     from torch.distributed.tensor import distribute_tensor
 
@@ -111,10 +122,10 @@ def _full_parameters(module: nn.Module) -> Iterator[None]:
         full = torch.empty(p.shape, dtype=p.dtype, device=p.to_local().device)
         module._parameters[name] = nn.Parameter(full, requires_grad=p.requires_grad)
     try:
-        yield
+        yield torch.distributed.get_rank() == src
         for name, p in sharded.items():
             shard = distribute_tensor(module._parameters[name].detach(), p.device_mesh, p.placements,
-                                      src_data_rank=None).to_local()  # this rank's slice, no communication
+                                      src_data_rank=src).to_local()
             with torch.no_grad():
                 p.to_local().copy_(shard)
     finally:
@@ -128,21 +139,23 @@ def materialize(model: nn.Module, device: torch.device | str, covered: frozenset
 
     ``to_empty`` allocates them (sharded parameters: this rank's shard only); then every module
     whose own tensors are not all in ``covered`` (the keys that loading will overwrite) is
-    initialised by :func:`cyberhost.models.init.init_module`, under a fixed ``seed`` so that every
-    rank draws the same values.
+    initialised by :func:`cyberhost.models.init.init_module` from a seed of its own (``seed`` and
+    its place in the network), so the values do not depend on the number of ranks. A sharded
+    module is drawn by one rank (round robin) and scattered, so the ranks share the work.
     """
     from cyberhost.models.init import init_module, init_order, own_tensors
 
     device = torch.device(device)
     model.to_empty(device=device)
+    world = torch.distributed.get_world_size() if is_sharded(model) else 1
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for prefix, module, owner in init_order(model):
-            names = [f"{prefix}.{n}" if prefix else n for n, _ in own_tensors(module)]
-            if names and all(n in covered for n in names):
-                continue
-            with _full_parameters(module):
+    for index, (prefix, module, owner) in enumerate(init_order(model)):
+        names = [f"{prefix}.{n}" if prefix else n for n, _ in own_tensors(module)]
+        if names and all(n in covered for n in names):
+            continue
+        with torch.random.fork_rng(devices=devices), _full_parameters(module, index % world) as draw:
+            torch.manual_seed(seed * 1_000_003 + index)
+            if draw:
                 init_module(module, owner)
 
 

@@ -2,8 +2,9 @@
 
 Builds a tiny stage-2 module on the meta device, shards it as ``configure_model`` does, lets it
 materialise and load the stage-1 file given, gathers the full state dict and writes what rank 0
-sees to ``OUT/rank0.json``: which loaded tensors equal the file, whether initialised tensors look
-drawn once and split (the two ranks' halves differ), and how many elements each rank holds.
+sees to ``OUT/rank0.json`` (which loaded tensors equal the file, whether initialised tensors look
+drawn once and split, how many elements each rank holds) and the gathered weights to
+``OUT/full.safetensors``.
 
     python -m tests.training.fsdp_weights STAGE1.safetensors OUT   (with RANK, WORLD_SIZE, MASTER_* set)
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 
@@ -55,6 +56,7 @@ def main(stage1: str, out: str) -> None:
         }
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "rank0.json").write_text(json.dumps(report))
+        save_file({k: v.contiguous() for k, v in full.items()}, str(Path(out) / "full.safetensors"))
     dist.destroy_process_group()
 
 

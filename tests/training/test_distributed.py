@@ -83,3 +83,14 @@ def test_fsdp2_builds_on_meta_and_each_rank_fills_its_shards(tmp_path: Path) -> 
     assert report["built_on_meta"] and report["loaded_equal"] and report["loaded"] > 300 and report["finite"]
     assert report["halves_differ"] and report["zero_outputs"]
     assert all(n < 0.75 * report["total"] for n in report["local"])  # each rank holds about half (+ frozen parts)
+    from safetensors.torch import load_file
+
+    from cyberhost.training.module import build_on_meta
+    from cyberhost.training.stages import Stage2Module
+
+    with build_on_meta():  # the same start in one process: the values do not depend on the number of ranks
+        alone = Stage2Module(str(path), model=CyberHostConfig(size="tiny", stage=2, stage2_trainable="all"))
+    alone.configure_model()
+    gathered, want = load_file(str(tmp_path / "out" / "full.safetensors")), alone.model.state_dict()
+    assert gathered.keys() == want.keys()
+    assert [k for k in want if not torch.equal(gathered[k], want[k])] == []
