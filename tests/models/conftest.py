@@ -8,6 +8,8 @@ from torch import nn
 
 from cyberhost.models import CyberHost, CyberHostConfig
 
+pytest.register_assert_rewrite("tests.models.contract")  # the shared contract's asserts report their values
+
 LATENT = 8  # tiny latents are 8x8 (64x64 frames)
 
 
