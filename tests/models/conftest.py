@@ -56,8 +56,3 @@ def wake_zero_inits(model: nn.Module, std: float = 0.05, seed: int = 7) -> None:
         for p in model.parameters():
             if p.requires_grad and p.numel() > 1 and not p.any():
                 p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
-@pytest.fixture
-def stage2() -> CyberHost:
-    return build(2)

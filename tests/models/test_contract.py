@@ -178,6 +178,9 @@ TEXT_NORM = r"attentions\.\d+\.transformer_blocks\.\d+\.norm2\."
 whatever the query, so ``attn2.to_q/to_k`` -- and ``norm2`` where it feeds only that query (everywhere
 but the stage-2 denoiser, whose audio attention reads it too) -- get no gradient (rounding only, ~1e-13)."""
 ONE_TEXT_TOKEN = (TEXT_QK, TEXT_NORM)
+NETWORK_BF16_TOL = 0.03
+"""bf16 tolerance of the UNets and whole networks (measured 1.1-1.5 %: rounding accumulates over the blocks)."""
+SELECTED = [r"^unet\.up_blocks\.1\.", "motion_modules", r"^hand_rca\."]
 NETWORK_INPUTS = ("ref_latents", "ref_skeleton", "noisy", "movement", "motion", "face", "hands", "audio", "clarity")
 
 
@@ -196,7 +199,7 @@ PARTS = [
          lambda g: {"face": _randn(g, B, 3, 112, 112)}, {"out": (B, 512)}, per_sample=("face",)),
     # always frozen in eval mode in CyberHost; its own declaration freezes features.weight (insightface's)
     Part("arcface_iresnet", lambda: IResNet(SPEC.arcface_arch), lambda g: {"x": _randn(g, B, 3, 112, 112)},
-         {"out": (B, 512)}, train=False, per_sample=("x",), bf16_tol=0.05),
+         {"out": (B, 512)}, train=False, per_sample=("x",), bf16_tol=0.02),  # 8 residual blocks deep
     Part("hand_clarity_embedding", lambda: HandClarityEmbedding(TEMB),
          lambda g: {"clarity": torch.rand(B, F, 2, generator=g) * 80,
                     "valid": torch.tensor([[[True, False], [True, True], [False, True]]] * B)},
@@ -237,13 +240,13 @@ PARTS = [
          lambda g: {"x": _randn(g, B * 16, F, WIDTH), "motion": _randn(g, B, M, 16, WIDTH)},
          {"out": (B * 16, F, WIDTH)}, per_sample=("x", "motion")),
     Part("unet_2d", _plain_unet, _unet_inputs(1), {"out": (B, 4, LATENT, LATENT)}, call=_run_unet(1),
-         checkpointing=_unet_checkpointing, per_sample=("x", "context")),
+         checkpointing=_unet_checkpointing, per_sample=("x", "context"), bf16_tol=NETWORK_BF16_TOL),
     Part("unet_motion", _motion_unet, _unet_inputs(F), {"out": (B * F, 4, LATENT, LATENT)}, call=_run_unet(F),
-         checkpointing=_unet_checkpointing, per_sample=("x", "context")),
+         checkpointing=_unet_checkpointing, per_sample=("x", "context"), bf16_tol=NETWORK_BF16_TOL),
     # the networks: CyberHost's own requires_grad declaration is the split under test (freeze=None)
     Part("reference_net_stage1", _cyberhost(1), _network_inputs(1), {f"spatial.{k}": v for k, v in SPATIAL.items()},
          call=_reference, freeze=None, inert=ONE_TEXT_TOKEN, unreached=("unet.", "pose_encoder."),
-         checkpointing=_network_checkpointing, per_sample=("ref_latents", "ref_skeleton")),
+         checkpointing=_network_checkpointing, per_sample=("ref_latents", "ref_skeleton"), bf16_tol=NETWORK_BF16_TOL),
     Part("reference_net_stage2", _cyberhost(2, stage2_trainable="all"),
          _network_inputs(2, face_valid=torch.tensor([True, False]), hand_valid=torch.tensor([[True, False]] * B)),
          {**{f"spatial.{k}": v for k, v in SPATIAL.items()},
@@ -251,20 +254,28 @@ PARTS = [
           "face_id": (B, SPEC.face_tokens, SPEC.id_dim), "hand_id": (B, HAND_TOKENS, SPEC.id_dim),
           "face_id_valid": (B, SPEC.face_tokens), "hand_id_valid": (B, HAND_TOKENS)},
          call=_reference, freeze=None, inert=ONE_TEXT_TOKEN, unreached=STAGE2_ONLY,
-         checkpointing=_network_checkpointing, per_sample=("ref_latents", "ref_skeleton", "motion", "face", "hands")),
+         checkpointing=_network_checkpointing, per_sample=("ref_latents", "ref_skeleton", "motion", "face", "hands"),
+         bf16_tol=NETWORK_BF16_TOL),
     Part("cyberhost_stage1", _cyberhost(1), _network_inputs(1), {"sample": (B, 1, 4, LATENT, LATENT)}, call=_whole,
          freeze=None, inert=ONE_TEXT_TOKEN, checkpointing=_network_checkpointing,
-         per_sample=("ref_latents", "ref_skeleton", "noisy", "movement")),
+         per_sample=("ref_latents", "ref_skeleton", "noisy", "movement"), bf16_tol=NETWORK_BF16_TOL),
+    # its bf16 run stores the frozen weights (VAE, UNet base, reference net) in bf16, as frozen_bf16 training does
     Part("cyberhost_stage2_added", _cyberhost(2), _network_inputs(2), STAGE2_OUTPUTS, call=_whole, freeze=None,
-         checkpointing=_network_checkpointing, per_sample=NETWORK_INPUTS, bf16_tol=0.05),
+         checkpointing=_network_checkpointing, per_sample=NETWORK_INPUTS, bf16_tol=NETWORK_BF16_TOL,
+         bf16_prepare=lambda m: m.cast_frozen(torch.bfloat16)),
     # conf/stage2.yaml (end to end), with a batch mixing a dropped and a kept reference and audio
     Part("cyberhost_stage2_all", _cyberhost(2, stage2_trainable="all"),
          _network_inputs(2, drop_reference=torch.tensor([False, True]), drop_audio=torch.tensor([True, False])),
          STAGE2_OUTPUTS, call=_whole, freeze=None, inert=(TEXT_QK, r"^reference_net\..*" + TEXT_NORM),
-         checkpointing=_network_checkpointing, per_sample=NETWORK_INPUTS, bf16_tol=0.05),
+         checkpointing=_network_checkpointing, per_sample=NETWORK_INPUTS, bf16_tol=NETWORK_BF16_TOL),
+    # selective checkpointing (gradient_checkpointing: a list of block regexes): an up block, the temporal
+    # modules and the hand RCAs
+    Part("cyberhost_stage2_selective_checkpointing", _cyberhost(2, stage2_trainable="all"), _network_inputs(2),
+         STAGE2_OUTPUTS, call=_whole, freeze=None, only=("checkpointing",),
+         checkpointing=lambda m, on: m.enable_gradient_checkpointing(SELECTED if on else False)),
     # the frozen ArcFace of the paper's configuration: a training step must not move its BatchNorm statistics
     Part("cyberhost_stage2_arcface", _cyberhost(2, face_encoder="arcface"), _network_inputs(2), STAGE2_OUTPUTS,
-         call=_whole, freeze=None, only=("shapes", "optimizer_step")),
+         call=_whole, freeze=None, only=("optimizer_step",)),
 ]
 BY_NAME = {p.name: p for p in PARTS}
 CASES = [pytest.param(check, name, id=f"{check}-{name}") for check in CHECKS for name in BY_NAME
@@ -283,12 +294,13 @@ def test_table_covers_every_model_class() -> None:
     import cyberhost.models.arcface as arcface
     import cyberhost.models.attention as attention
     import cyberhost.models.audio as audio
+    import cyberhost.models.blocks as blocks
     import cyberhost.models.cyberhost as network
     import cyberhost.models.encoders as encoders
     import cyberhost.models.rca as rca
 
     defined = set()
-    for module in (arcface, attention, audio, network, encoders, rca):
+    for module in (arcface, attention, audio, blocks, network, encoders, rca):
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if cls.__module__ == module.__name__ and (issubclass(cls, nn.Module) or cls.__name__.endswith("Processor")):
                 defined.add(cls)
