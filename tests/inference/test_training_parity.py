@@ -16,8 +16,8 @@ import torch
 
 from cyberhost.data import regions
 from cyberhost.data.buckets import BucketConfig
-from cyberhost.data.shards import decode_frames, encode_clip
 from cyberhost.data.conditions import make_stage2_sample
+from cyberhost.data.shards import decode_frames, encode_clip
 from cyberhost.data.transforms import TransformConfig
 from cyberhost.inference import GenerateConfig, generate_video
 from cyberhost.inference.loading import InferenceSettings
