@@ -41,8 +41,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cyberhost.data.buckets import BucketBatcher, BucketConfig, nearest_bucket
-from cyberhost.data.shards import commit_records, iter_raw_samples, list_shards
 from cyberhost.data.conditions import make_stage1_sample, make_stage2_sample
+from cyberhost.data.shards import commit_records, iter_raw_samples, list_shards
 from cyberhost.data.transforms import TransformConfig, clip_usable, read_meta
 
 log = logging.getLogger(__name__)
