@@ -292,7 +292,7 @@ class CyberHostModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Cast the frozen weights to bf16 when ``frozen_bf16`` (after stage-1 weights were loaded)."""
         if self.frozen_bf16 and not getattr(self, "_frozen_cast", False):
-            precision = str(getattr(self._trainer, "precision", "bf16-mixed")) if self._trainer is not None else "bf16-mixed"
+            precision = "bf16-mixed" if self._trainer is None else str(self._trainer.precision)  # no trainer: caller's autocast
             if "16" not in precision:
                 raise ValueError(f"frozen_bf16 needs mixed precision (trainer.precision: bf16-mixed), got {precision!r}: "
                                  "bf16 weights cannot meet float32 activations outside autocast")
