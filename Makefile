@@ -39,7 +39,7 @@ test-gpu: setup ## run the GPU tests (needs CUDA)
 	$(BIN)/python -m pytest -q -m gpu
 
 lint: setup ## run ruff
-	$(BIN)/ruff check cyberhost data_prep tests
+	$(BIN)/ruff check cyberhost data_prep tests benchmarks
 
 demo: setup ## sample data -> prepare -> stage 1 -> stage 2 -> generate (tiny models, CPU)
 	$(BIN)/python -m cyberhost.demo --output $(RUNS)/demo
@@ -77,7 +77,7 @@ evaluate: setup ## metrics of generated vs ground-truth videos: ARGS="--generate
 	$(BIN)/cyberhost evaluate $(ARGS)
 
 bench-prep: setup ## data-prep throughput with 1 and 2 workers (numbers go to BENCHMARKS.md)
-	$(BIN)/python -m data_prep.bench $(ARGS)
+	$(BIN)/python -m benchmarks.prep $(ARGS)
 
 bench-gpu: ## GPU tests + benchmarks of BENCHMARKS.md (CUDA machine): BENCH_OUT=<dir> [WHAT="tests model train generate profile"]
 	benchmarks/gpu.sh $(or $(BENCH_OUT),bench-out) $(WHAT)

@@ -4,22 +4,26 @@
 # tests:      the GPU tests (`make test-gpu`): tests/gpu (bf16 model, benchmarks on CUDA, EMA resume) and
 #             tests/training/test_gpu_strategies.py (fit, resume and stage-2 hand-off through the
 #             DDP, FSDP2 and FSDP v1 overlays on one GPU).
-# model:      one training step of the network against the eager diffusers yardstick (cyberhost.bench):
+# model:      one training step of the network against the eager diffusers yardstick (benchmarks.model_step):
 #             stage 1 (B=12) and stage 2 (12 + 4 frames), with and without gradient checkpointing.
 # train:      training throughput through the real DataModule + LightningModule + Trainer
-#             (cyberhost.training.bench), with the eager yardstick in the same process; then the
+#             (benchmarks.train), with the eager yardstick in the same process; then the
 #             same with gradient checkpointing.
 # generate:   generation speed (25 steps) against the eager loop that re-runs the reference net.
 # profile:    (only when named) torch.profiler table of one sd15 stage-2 step.
 # trainable:  (only when named) stage 2 through the Trainer with every parameter trainable (the paper's
 #             end to end, conf/stage2.yaml) and with only the stage-2 additions (conf/stage2_added.yaml),
 #             each with and without gradient checkpointing: step time and peak memory.
+# fast:       (only when named) stage 2 (additions only) through the Trainer: plain (with the eager yardsticks
+#             in the same process) against regional compilation + bf16 frozen weights, compiled with a cold
+#             and then a warm inductor cache; then tests/gpu/test_fast_path.py.
 # losses:     (only when named) Eq. 6's diffusion and heatmap terms at init (benchmarks/loss_terms.py).
 # Everything goes to OUT_DIR/all.log (and a line per part to OUT_DIR/summary.txt), JSON rows to
 # OUT_DIR/<part>.json. Each part has a time limit (LIMIT_<PART> seconds) so one hang cannot eat the rest.
 set -uo pipefail
 out=$(realpath -m "${1:-bench-out}")
 shift || true
+cd "$(dirname "${BASH_SOURCE[0]}")/.."  # python -m benchmarks.* needs the repository root
 parts=("$@")
 [[ ${#parts[@]} -eq 0 ]] && parts=(tests model train generate)
 mkdir -p "$out"
@@ -32,7 +36,7 @@ part() {  # part NAME LIMIT CMD...: run with a time limit, log, and record the e
   shift 2
   start=$(date +%s)
   echo "=== $name: $*" | tee -a "$log"
-  timeout "$limit" "$@" 2>&1 | tee -a "$log"
+  timeout -k 15 "$limit" "$@" 2>&1 | tee -a "$log"
   rc=${PIPESTATUS[0]}
   echo "$name: exit $rc in $(( $(date +%s) - start )) s" | tee -a "$out/summary.txt" "$log"
 }
@@ -49,17 +53,17 @@ if want tests; then
 fi
 
 if want model; then
-  part model "${LIMIT_MODEL:-420}" $py -m cyberhost.bench --size sd15 --device cuda --steps 10 --warmup 3 \
+  part model "${LIMIT_MODEL:-420}" $py -m benchmarks.model_step --size sd15 --device cuda --steps 10 --warmup 3 \
       --json "$out/model.json"
 fi
 
 if want profile; then  # where a stage-2 step spends its device time (not in the default parts)
-  part profile "${LIMIT_PROFILE:-120}" $py -m cyberhost.bench --size sd15 --device cuda --only stage2 --steps 3 \
+  part profile "${LIMIT_PROFILE:-120}" $py -m benchmarks.model_step --size sd15 --device cuda --only stage2 --steps 3 \
       --warmup 2 --profile
 fi
 
 if want generate; then
-  part generate "${LIMIT_GENERATE:-300}" $py -m cyberhost.inference.bench --size sd15 --device cuda --steps 25 \
+  part generate "${LIMIT_GENERATE:-300}" $py -m benchmarks.generate --size sd15 --device cuda --steps 25 \
       --segments 2 --json "$out/generate.json"
 fi
 
@@ -67,10 +71,24 @@ if want trainable; then
   for which in all added; do
     for ckpt in "--gradient-checkpointing" ""; do
       tag=${which}${ckpt:+_ckpt}
-      part "trainable_$tag" "${LIMIT_TRAIN:-300}" $py -m cyberhost.training.bench --size sd15 --device cuda --stages 2 \
+      part "trainable_$tag" "${LIMIT_TRAIN:-300}" $py -m benchmarks.train --size sd15 --device cuda --stages 2 \
           --steps 8 --warmup 3 --workers 8 --stage2-trainable "$which" $ckpt --output "$out/trainable_$tag.json"
     done
   done
+fi
+
+if want fast; then  # issue 12: stage 2 (added set) plain vs regional compile + bf16 frozen weights, cold then warm cache
+  export TORCHINDUCTOR_CACHE_DIR="$out/inductor-cache"
+  common=(--size sd15 --device cuda --stages 2 --steps 8 --warmup 3 --workers 8 --stage2-trainable added)
+  part fast_cold "${LIMIT_FAST:-250}" $py -m benchmarks.train "${common[@]}" --compile --compile-dynamic true \
+      --frozen-bf16 --output "$out/fast_cold.json"
+  part plain "${LIMIT_TRAIN:-170}" $py -m benchmarks.train "${common[@]}" --yardstick --output "$out/plain.json"
+  part bf16_frozen "${LIMIT_TRAIN:-140}" $py -m benchmarks.train "${common[@]}" --frozen-bf16 --output "$out/bf16_frozen.json"
+  if [[ -n "${FAST_WARM:-}" ]]; then
+    part fast_warm "${LIMIT_FAST:-330}" $py -m benchmarks.train "${common[@]}" --compile --compile-dynamic true \
+        --frozen-bf16 --output "$out/fast_warm.json"
+    part fast_test "${LIMIT_TESTS:-200}" $py -m pytest -q -m gpu tests/gpu/test_fast_path.py -p no:cacheprovider
+  fi
 fi
 
 if want losses; then
@@ -78,8 +96,8 @@ if want losses; then
 fi
 
 if want train; then
-  part train "${LIMIT_TRAIN:-300}" $py -m cyberhost.training.bench --size sd15 --device cuda --steps 10 --warmup 3 \
+  part train "${LIMIT_TRAIN:-300}" $py -m benchmarks.train --size sd15 --device cuda --steps 10 --warmup 3 \
       --workers 8 --yardstick --output "$out/train.json"
-  part train_ckpt "${LIMIT_TRAIN:-300}" $py -m cyberhost.training.bench --size sd15 --device cuda --steps 10 \
+  part train_ckpt "${LIMIT_TRAIN:-300}" $py -m benchmarks.train --size sd15 --device cuda --steps 10 \
       --warmup 3 --workers 8 --gradient-checkpointing --output "$out/train_ckpt.json"
 fi

@@ -2,7 +2,7 @@
 
 Every clip is a drawn figure (head, striped torso, two arms, two hands) on a flat background,
 written as real shards through :class:`cyberhost.data.shards.ClipShardWriter` (the layout of
-:func:`cyberhost.training.synthetic.make_clip`, whose metadata this reuses). Keypoints, boxes,
+:func:`benchmarks.synthetic.make_clip`, whose metadata this reuses). Keypoints, boxes,
 thorax track and hand clarity are computed from the drawing by :mod:`cyberhost.data.regions`, as
 data prep computes them, so each condition reaches the network through the normal data path.
 
@@ -42,6 +42,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from benchmarks.synthetic import make_clip
 from cyberhost.data.regions import face_boxes, hand_boxes, hand_clarity, movement_range, thorax
 from cyberhost.data.schema import (
     AUDIO_SAMPLE_RATE,
@@ -56,7 +57,6 @@ from cyberhost.data.schema import (
     RIGHT_WRIST,
 )
 from cyberhost.data.shards import ClipShardWriter
-from cyberhost.training.synthetic import make_clip
 
 SIZE = (64, 96)
 """``(height, width)`` of probe frames: one tiny-bucket resolution (area 6144), so the crop is the frame."""

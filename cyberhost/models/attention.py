@@ -16,7 +16,6 @@ sees the same tensors.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +23,17 @@ from diffusers.models.attention_processor import Attention
 from torch import Tensor, nn
 
 
-@dataclass
 class InjectionState:
     """Conditions the processors read during one UNet call.
 
+    Per-layer tensors are handed to each layer's processor (its ``tokens`` / ``recorded``
+    attribute) rather than looked up by layer name inside the attention: a processor's code then
+    reads nothing that differs between layers but tensors, so one compiled graph of a block serves
+    every block of its shape (``cyberhost.models.compile``).
+
     Attributes:
-        bank: written by the reference net: layer name -> attn1 input ``(N, L, C)``.
+        bank: written by the reference net: layer name -> attn1 input ``(N, L, C)`` (read-only view
+            of what the recording processors hold; assign ``{}`` to forget it).
         reference: layer name -> reference tokens ``(B, L, C)`` for spatial self-attention.
         reference_mode: ``"kept"``, ``"dropped"`` or ``"mixed"``: whether the forward's ``drop_reference``
             keeps the reference of every sample, of none or of some. Decided once per forward by the
@@ -42,24 +46,63 @@ class InjectionState:
         audio: audio tokens ``(B*F, K, D)`` per frame.
         drop_audio: ``(B,)`` bool, True drops the audio for that sample; None = dropped for none.
         batch: B, samples in the call (the UNet batch is ``B*F``).
-        recording: True while the reference net runs (its processors write ``bank``).
+        recording: True while the reference net runs (its processors record their input).
     """
 
-    bank: dict[str, Tensor] = field(default_factory=dict)
-    reference: dict[str, Tensor] | None = None
-    reference_mode: str = "kept"
-    reference_groups: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
-    motion: dict[str, Tensor] | None = None
-    audio: Tensor | None = None
-    drop_audio: Tensor | None = None
-    batch: int = 1
-    recording: bool = False
+    def __init__(self) -> None:
+        self.reference_mode = "kept"
+        self.reference_groups: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        self.audio: Tensor | None = None
+        self.drop_audio: Tensor | None = None
+        self.batch = 1
+        self.recording = False
+        self._tokens: dict[str, dict[str, Tensor] | None] = {"reference": None, "motion": None}
+        self._readers: dict[str, list[_TokenReader]] = {"reference": [], "motion": []}
+        self._recorders: list[RecordingProcessor] = []
+
+    def register(self, kind: str, processor: _TokenReader) -> None:
+        """A processor that reads ``kind`` (``"reference"`` or ``"motion"``) tokens of its layer ``source``."""
+        self._readers[kind].append(processor)
+        processor.tokens = None
+
+    def _hand_out(self, kind: str, value: dict[str, Tensor] | None) -> None:
+        """Keep ``value`` (layer name -> tokens) and give each ``kind`` reader the tokens of its layer."""
+        self._tokens[kind] = value
+        for proc in self._readers[kind]:
+            proc.tokens = None if value is None else value.get(proc.source)
+
+    @property
+    def reference(self) -> dict[str, Tensor] | None:
+        return self._tokens["reference"]
+
+    @reference.setter
+    def reference(self, value: dict[str, Tensor] | None) -> None:
+        self._hand_out("reference", value)
+
+    @property
+    def motion(self) -> dict[str, Tensor] | None:
+        return self._tokens["motion"]
+
+    @motion.setter
+    def motion(self, value: dict[str, Tensor] | None) -> None:
+        self._hand_out("motion", value)
+
+    @property
+    def bank(self) -> dict[str, Tensor]:
+        return {p.name: p.recorded for p in self._recorders if p.recorded is not None}
+
+    @bank.setter
+    def bank(self, value: dict[str, Tensor]) -> None:
+        if value:
+            raise ValueError("the bank is written by the recording processors; assign {} to clear it")
+        for proc in self._recorders:
+            proc.recorded = None
 
     def clear(self) -> None:
         """Forget every tensor (call when no backward will follow, e.g. after sampling)."""
         self.bank = {}
-        self.reference = self.motion = self.audio = None
-        self.drop_audio = self.reference_groups = None
+        self.reference = self.motion = None
+        self.audio = self.drop_audio = self.reference_groups = None
         self.reference_mode = "kept"
 
     def set_drop_reference(self, drop: Tensor | None, frames: int, host: Tensor | None = None) -> None:
@@ -137,27 +180,37 @@ class RecordingProcessor(PlainProcessor):
 
     def __init__(self, state: InjectionState, name: str) -> None:
         self.state, self.name = state, name
+        self.recorded: Tensor | None = None
+        state._recorders.append(self)
 
     def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
                  attention_mask: Tensor | None = None, **_: object) -> Tensor:
         if self.state.recording:
-            self.state.bank[self.name] = hidden_states  # (N, L, C)
+            self.recorded = hidden_states  # (N, L, C)
         return super().__call__(attn, hidden_states)
 
 
-class ReferenceSelfAttnProcessor:
+class _TokenReader:
+    """A processor fed its layer's tokens by :class:`InjectionState` (``tokens``, from layer ``source``)."""
+
+    source: str
+    tokens: Tensor | None
+
+
+class ReferenceSelfAttnProcessor(_TokenReader):
     """Denoiser spatial self-attention with the reference tokens appended to K and V (Sec. 3.1).
 
     K/V of the reference are projected once per sample and shared by its ``F`` frames.
     """
 
     def __init__(self, state: InjectionState, name: str) -> None:
-        self.state, self.name = state, name
+        self.state, self.source = state, name
+        state.register("reference", self)
 
     def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
                  attention_mask: Tensor | None = None, **_: object) -> Tensor:
         _check_plain(attn)
-        ref = None if self.state.reference is None else self.state.reference.get(self.name)
+        ref = self.tokens
         if ref is None or self.state.reference_mode == "dropped":
             return sdpa(attn, hidden_states, hidden_states)
         if self.state.reference_mode == "kept":
@@ -230,7 +283,7 @@ class AudioCrossAttnProcessor:
         return out + audio_out
 
 
-class MotionFrameAttnProcessor:
+class MotionFrameAttnProcessor(_TokenReader):
     """Temporal self-attention of an AnimateDiff module plus attention to the motion frames.
 
     The temporal sequence of each pixel ``(B*H*W, F, C)`` also attends to the reference net's
@@ -240,12 +293,13 @@ class MotionFrameAttnProcessor:
 
     def __init__(self, state: InjectionState, source: str, layer: AddedCrossAttention) -> None:
         self.state, self.source, self.layer = state, source, layer
+        state.register("motion", self)
 
     def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
                  attention_mask: Tensor | None = None, **_: object) -> Tensor:
         _check_plain(attn)
         out = sdpa(attn, hidden_states, hidden_states)  # (B*HW, F, C)
-        motion = None if self.state.motion is None else self.state.motion.get(self.source)
+        motion = self.tokens
         if motion is None:
             return out
         b, m, length, c = motion.shape  # (B, M, HW, C)

@@ -28,9 +28,10 @@ has none to read from the reference net, so its temporal modules see the clip on
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,7 @@ from .attention import (
     motion_source_name,
 )
 from .audio import AudioEncoder
+from .blocks import checkpoint_regions
 from .config import CyberHostConfig
 from .encoders import ConvFaceEncoder, HandClarityEmbedding, HandEncoder, PoseEncoder
 from .rca import HeatmapHead, RegionCodebookAttention
@@ -339,8 +341,18 @@ class CyberHost(nn.Module):
         """Parameters the optimiser should update."""
         return (p for p in self.parameters() if p.requires_grad)
 
-    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Activation checkpointing in both UNets (diffusers) and in every RCA (``False`` turns it off)."""
+    def enable_gradient_checkpointing(self, enabled: bool | Sequence[str] = True) -> list[str]:
+        """Activation checkpointing: ``True`` everywhere, ``False`` nowhere, or only the blocks matching patterns.
+
+        ``True`` is diffusers' checkpointing in both UNets (each block's resnets, each spatial
+        transformer's blocks) plus every RCA. A list of regexes checkpoints just the matching blocks
+        (:func:`cyberhost.models.blocks.checkpoint_regions`; names like ``unet.up_blocks.3.resnets.0``,
+        ``unet.down_blocks.0.motion_modules.1``, ``hand_rca.up1``), so memory is traded for time
+        only where the activations are large. Returns the names of the checkpointed blocks (for a
+        list; ``[]`` otherwise). A selection cannot be undone on the same network.
+        """
+        if not isinstance(enabled, bool):
+            return checkpoint_regions(self, list(enabled))
         for unet in (self.unet, self.reference_net):
             if enabled:
                 unet.enable_gradient_checkpointing()
@@ -348,6 +360,7 @@ class CyberHost(nn.Module):
                 unet.disable_gradient_checkpointing()
         for rca in [*self.face_rca.values(), *self.hand_rca.values()]:
             rca.gradient_checkpointing = enabled
+        return []
 
     def load_stage1(self, state_dict: dict[str, Tensor]) -> None:
         """Load a stage-1 state dict into a stage-2 network (keys of shared parts are identical).
@@ -363,15 +376,37 @@ class CyberHost(nn.Module):
     # ---------------------------------------------------------------- VAE
     @torch.no_grad()
     def encode_images(self, images: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
-        """(N, 3, H, W) in [-1, 1] -> scaled latents (N, 4, H/8, W/8)."""
-        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
-        z = dist.sample(generator) if sample else dist.mean
-        return z * self.vae.config.scaling_factor
+        """(N, 3, H, W) in [-1, 1] -> scaled float32 latents (N, 4, H/8, W/8).
+
+        A VAE stored in bf16 runs in bf16 throughout (autocast would run its group norms in
+        float32, converting every full-resolution activation twice).
+        """
+        with _vae_autocast(self.vae, images.device):
+            dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+            z = dist.sample(generator) if sample else dist.mean
+        return z.float() * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode_latents(self, latents: Tensor) -> Tensor:
         """Scaled latents (N, 4, h, w) -> images (N, 3, 8h, 8w) in [-1, 1]."""
-        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.clamp(-1, 1)
+        with _vae_autocast(self.vae, latents.device):
+            return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.clamp(-1, 1)
+
+    def cast_frozen(self, dtype: torch.dtype = torch.bfloat16) -> int:
+        """Store the frozen weights of the VAE and the UNets in ``dtype``; returns how many were cast.
+
+        Under autocast a frozen float32 weight is cast again at every use (autocast caches casts of
+        trainable leaves only) and keeps 4 bytes per value; in bf16 it is read as it is. The
+        trainable weights stay float32 (the optimiser's master weights). wav2vec2 and ArcFace are
+        left as they are (their normalisation layers expect float32 weights).
+        """
+        keep = {id(p) for m in self.frozen_modules() if m is not self.vae for p in m.parameters()}
+        cast = 0
+        for p in self.parameters():
+            if not p.requires_grad and id(p) not in keep and p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+                cast += p.numel()
+        return cast
 
     # ---------------------------------------------------------------- conditions
     def encode_audio(self, waveform: Tensor, num_frames: int) -> Tensor:
@@ -536,6 +571,13 @@ class CyberHost(nn.Module):
                         drop_audio=None if use_audio else everyone).sample
 
         return denoise
+
+
+def _vae_autocast(vae: nn.Module, device: torch.device) -> contextlib.AbstractContextManager:
+    """No autocast around a reduced-precision VAE (it then runs in its own dtype); else unchanged."""
+    if vae.dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _token_mask(valid: Tensor, shape: tuple[int, ...], tokens_per_item: int) -> Tensor:

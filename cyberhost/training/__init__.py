@@ -1,4 +1,4 @@
-"""Training: stage LightningModules over one base class, callbacks, checkpoints, strategies, benchmark."""
+"""Training: stage LightningModules over one base class, callbacks, checkpoints, strategies."""
 
 from cyberhost.training.module import CyberHostModule, OptimConfig, ParamGroups
 from cyberhost.training.stages import Stage1Module, Stage2Module

@@ -34,6 +34,7 @@ from cyberhost.data.conditions import Conditions
 from cyberhost.data.transforms import to_maps, to_unit
 from cyberhost.diffusion import LossConfig, NoiseSchedule, SamplerConfig, ScheduleConfig, cyberhost_losses
 from cyberhost.models import CyberHost, CyberHostConfig, CyberHostOutput
+from cyberhost.models.blocks import CompileConfig, compile_regions
 from cyberhost.models.conditioning import network_inputs
 from cyberhost.models.cyberhost import Part, part_of
 
@@ -216,10 +217,15 @@ class CyberHostModule(L.LightningModule):
         schedule: noise schedule.
         loss: loss weights.
         sampler: sampler of the validation samples (few steps in tiny runs).
-        gradient_checkpointing: recompute activations in the backward pass (less memory).
+        gradient_checkpointing: recompute activations in the backward pass (less memory): ``true``
+            everywhere, ``false`` nowhere, or a list of block-name regexes to checkpoint only those
+            blocks (:meth:`CyberHost.enable_gradient_checkpointing`, e.g. ``['^unet\\.up_blocks\\.3\\.']``).
         seed: seed of timesteps and noise (per step: ``seed + global_step``, so a resumed run draws the same).
         channels_last: store conv weights (VAE, UNets, encoders) channels-last, the layout cuDNN's
             bf16 kernels prefer (see BENCHMARKS.md for what it buys on an H100).
+        compile: regional ``torch.compile`` of the repeated blocks (:mod:`cyberhost.models.blocks`).
+        frozen_bf16: store the frozen VAE/UNet weights in bf16 at fit start (less memory, no
+            re-casting under autocast; :meth:`CyberHost.cast_frozen`). Not with FSDP2.
     """
 
     stage: int = 1
@@ -232,9 +238,11 @@ class CyberHostModule(L.LightningModule):
         schedule: ScheduleConfig | None = None,
         loss: LossConfig | None = None,
         sampler: SamplerConfig | None = None,
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: bool | list[str] = False,
         seed: int = 0,
         channels_last: bool = False,
+        compile: CompileConfig | None = None,
+        frozen_bf16: bool = False,
     ) -> None:
         super().__init__()
         model = model or CyberHostConfig(stage=self.stage)
@@ -251,9 +259,12 @@ class CyberHostModule(L.LightningModule):
             self.model = CyberHost(model)  # reads no file: weights come from load_weights
         self._apply_param_groups()
         if gradient_checkpointing:
-            self.model.enable_gradient_checkpointing()
+            self.model.enable_gradient_checkpointing(gradient_checkpointing)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)  # 4-D weights only; before the optimizer sees them
+        self.compile_config, self.frozen_bf16 = compile or CompileConfig(), frozen_bf16
+        if self.compile_config.enabled:
+            compile_regions(self.model, self.compile_config)  # lazy: each block compiles at its first call
         self.ema: dict[str, Tensor] | None = None
         self._bad_steps = 0
         self.clarity_seen = ValueReservoir(seed=seed)
@@ -325,6 +336,17 @@ class CyberHostModule(L.LightningModule):
         if self.trainer.is_global_zero:
             print(f"stage-{self.stage} parameters:\n{self.param_table()}", flush=True)
 
+    def setup(self, stage: str) -> None:
+        """Cast the frozen weights to bf16 when ``frozen_bf16`` (after stage-1 weights were loaded)."""
+        if self.frozen_bf16 and not getattr(self, "_frozen_cast", False):
+            precision = "bf16-mixed" if self._trainer is None else str(self._trainer.precision)  # no trainer: caller's autocast
+            if "16" not in precision:
+                raise ValueError(f"frozen_bf16 needs mixed precision (trainer.precision: bf16-mixed), got {precision!r}: "
+                                 "bf16 weights cannot meet float32 activations outside autocast")
+            n = self.model.cast_frozen(torch.bfloat16)
+            self._frozen_cast = True
+            log.info("frozen_bf16: %.1f M frozen weights stored in bf16", n / 1e6)
+
     def configure_model(self) -> None:
         """FSDP2 (``ModelParallelStrategy``): ``fully_shard`` every UNet block and every other trainable part.
 
@@ -342,6 +364,9 @@ class CyberHostModule(L.LightningModule):
         """
         mesh = self.device_mesh
         if mesh is not None and not getattr(self, "_sharded", False):
+            if self.frozen_bf16:
+                raise ValueError("frozen_bf16 is not supported with FSDP2 (a sharded unit needs one parameter dtype); "
+                                 "set model.init_args.frozen_bf16: false")
             if self.optim.ema_decay is not None:
                 raise ValueError("optim.ema_decay is not supported with FSDP2 (ModelParallelStrategy); set it to null")
             dp = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh

@@ -24,6 +24,7 @@ from cyberhost.diffusion import (
     keypoint_region_mask,
 )
 from cyberhost.models import CyberHostConfig, CyberHostOutput
+from cyberhost.models.blocks import CompileConfig
 from cyberhost.models.cyberhost import Part
 from cyberhost.training.module import CyberHostModule, OptimConfig, ParamGroups, to_pixels
 
@@ -63,9 +64,11 @@ class Stage2Module(CyberHostModule):
         schedule: noise schedule.
         loss: loss weights.
         sampler: sampler of validation samples.
-        gradient_checkpointing: recompute activations in backward.
+        gradient_checkpointing: recompute activations in backward (``true``, or block-name regexes).
         seed: seed of timesteps and noise.
         channels_last: channels-last conv weights (see :class:`CyberHostModule`).
+        compile: regional compilation of the repeated blocks (see :class:`CyberHostModule`).
+        frozen_bf16: frozen weights stored in bf16 (see :class:`CyberHostModule`).
     """
 
     stage = 2
@@ -79,13 +82,16 @@ class Stage2Module(CyberHostModule):
         schedule: ScheduleConfig | None = None,
         loss: LossConfig | None = None,
         sampler: SamplerConfig | None = None,
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: bool | list[str] = False,
         seed: int = 0,
         channels_last: bool = False,
+        compile: CompileConfig | None = None,
+        frozen_bf16: bool = False,
     ) -> None:
         model = model or CyberHostConfig(stage=2)  # recorded as a hyper-parameter: generate reads it
         self.stage1_checkpoint = stage1_checkpoint  # before the base builds and loads (initial_checkpoint reads it)
-        super().__init__(model, optim, params, schedule, loss, sampler, gradient_checkpointing, seed, channels_last)
+        super().__init__(model, optim, params, schedule, loss, sampler, gradient_checkpointing, seed, channels_last,
+                         compile, frozen_bf16)
 
     def initial_checkpoint(self) -> tuple[str | None, str, Callable[[Part], bool] | None]:
         """The stage-1 weights (none for ``"random"``); what stage 2 adds and the frozen parts may be absent."""

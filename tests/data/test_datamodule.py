@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.synthetic import write_shards
 from cyberhost.data.buckets import BucketConfig
 from cyberhost.data.conditions import SAMPLE_KEYS
 from cyberhost.data.datamodule import ClipStream, Stage1DataModule, Stage2DataModule, StreamConfig, resolve_shards
 from cyberhost.data.transforms import TransformConfig
-from cyberhost.training.synthetic import write_shards
 
 BUCKETS = BucketConfig(area=6144, multiple=16, tolerance=0.15)
 TRANSFORM = TransformConfig(num_frames=4, num_motion=2, face_crop=32, hand_crop=32)
@@ -118,8 +118,8 @@ def test_url_shards_need_samples_per_epoch_at_construction(named_shards: Path) -
 
 def _uneven_shards(directory: Path, counts: tuple[int, ...] = (6, 2, 4)) -> Path:
     """Shards of ``counts`` clips: ranks read different numbers of batches per pass."""
+    from benchmarks.synthetic import make_clip
     from cyberhost.data.shards import ClipShardWriter
-    from cyberhost.training.synthetic import make_clip
 
     n = 0
     for index, count in enumerate(counts):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cyberhost.training.synthetic import write_shards
+from benchmarks.synthetic import write_shards
 
 
 @pytest.fixture(scope="session")

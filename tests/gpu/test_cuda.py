@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cyberhost import bench as model_bench
+from benchmarks import generate as generation_bench
+from benchmarks import model_step as model_bench
+from benchmarks import train as training_bench
 from cyberhost import cli
-from cyberhost.inference import bench as generation_bench
 from cyberhost.models.attention import AddedCrossAttention
-from cyberhost.training import bench as training_bench
 
 from ..models.conftest import build, inputs, run, wake_zero_inits
 from ..training.conftest import tiny_args

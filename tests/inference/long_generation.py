@@ -10,8 +10,8 @@ import resource
 import sys
 from pathlib import Path
 
+from benchmarks.synthetic import make_clip
 from cyberhost.inference import GenerateConfig, generate_video
-from cyberhost.training.synthetic import make_clip
 
 from .conftest import FixedBackend, build_model, settings_for, write_wav
 

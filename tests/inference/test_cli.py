@@ -168,8 +168,8 @@ def test_python_dash_m_cyberhost(monkeypatch: pytest.MonkeyPatch, capsys: pytest
 
 
 def test_hand_clarity_from_training_data(tmp_path: Path) -> None:
+    from benchmarks.synthetic import make_clip, write_shards
     from cyberhost.inference.cli import build_parser, generate_config
-    from cyberhost.training.synthetic import make_clip, write_shards
 
     write_shards(tmp_path / "clips", num_clips=3, num_frames=6, clips_per_shard=2)
     measured = np.concatenate([make_clip(f"syn{i:04d}-0000", 6, seed=i)["hand_clarity"].ravel() for i in range(3)])

@@ -59,8 +59,8 @@ def test_training_and_generation_build_identical_conditions(photo: np.ndarray, p
 
 def test_absent_regions_are_masks_not_nan() -> None:
     """A hand and the face missing from the keypoints: zeros plus False flags everywhere, no NaN anywhere."""
+    from benchmarks.synthetic import make_clip
     from cyberhost.data import regions
-    from cyberhost.training.synthetic import make_clip
 
     tcfg = TransformConfig(num_frames=4, num_motion=2, fps=FPS)
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.synthetic import make_clip
 from cyberhost.data import maps
 from cyberhost.data.schema import HANDS, LEFT_SHOULDER, RIGHT_SHOULDER
 from cyberhost.inference import GenerateConfig, NoPersonError, generate_video
 from cyberhost.inference.conditions import prepare_reference
 from cyberhost.inference.driving import align_to_reference, source_indices
-from cyberhost.training.synthetic import make_clip
 
 from .conftest import FixedBackend, build_model
 from .conftest import settings_for as _settings_for

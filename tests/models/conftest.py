@@ -8,6 +8,8 @@ from torch import nn
 
 from cyberhost.models import CyberHost, CyberHostConfig
 
+pytest.register_assert_rewrite("tests.models.contract")  # the shared contract's asserts report their values
+
 LATENT = 8  # tiny latents are 8x8 (64x64 frames)
 
 
@@ -54,8 +56,3 @@ def wake_zero_inits(model: nn.Module, std: float = 0.05, seed: int = 7) -> None:
         for p in model.parameters():
             if p.requires_grad and p.numel() > 1 and not p.any():
                 p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
-@pytest.fixture
-def stage2() -> CyberHost:
-    return build(2)

@@ -76,12 +76,10 @@ def test_audio_tokens_depend_only_on_their_window() -> None:
     assert grad.abs().flatten(2).amax(-1).amax(0)[3:].max() == 0
 
 
-def test_audio_encoder_frame_count_and_frozen() -> None:
-    model = build(2)
-    tokens = model.encode_audio(torch.randn(2, 16000), 25)
-    assert tokens.shape == (2, 25, 4, 32)
-    assert not any(p.requires_grad for p in model.audio.wav2vec2.parameters())
-    assert all(p.requires_grad for p in model.audio.proj.parameters())
+def test_audio_encoder_frame_count() -> None:
+    """One second of 16 kHz audio -> tokens for 25 frames (wav2vec2's 50 Hz resampled to the frame times)."""
+    tokens = build(2).encode_audio(torch.randn(2, 16000), 25)
+    assert tokens.shape == (2, 25, 4, 32)  # which parts are frozen: test_cyberhost.test_declared_trainable_split
 
 
 def test_hand_clarity_embedding_reads_validity_not_values() -> None:

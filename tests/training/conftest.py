@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cyberhost.training.synthetic import write_shards
+from benchmarks.synthetic import write_shards
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"

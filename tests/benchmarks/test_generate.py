@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cyberhost.inference.bench import main
+from benchmarks.generate import main
 
 
 def test_bench_tiny_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

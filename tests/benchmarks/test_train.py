@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cyberhost.training import bench
+from benchmarks import train as bench
 
 
 def test_bench_tiny_cpu() -> None:

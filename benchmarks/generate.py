@@ -1,6 +1,6 @@
 """Generation benchmark: frames/s and peak memory of ``generate_video`` against a plain eager loop.
 
-``python -m cyberhost.inference.bench`` (on a GPU; defaults: ``sd15`` size, random init,
+``python -m benchmarks.generate`` (on a GPU; defaults: ``sd15`` size, random init,
 640x384, 25 DDIM steps, 2 segments of 12 frames + 4 motion frames, bf16 autocast) times, in one
 run and on the same network and inputs:
 
@@ -31,10 +31,9 @@ import torch
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE
 from cyberhost.data.transforms import TransformConfig, audio_window, to_maps, to_unit
 from cyberhost.diffusion import GuidedSampler, NoiseSchedule, SamplerConfig
+from cyberhost.inference.conditions import ReferenceConditions, reference_from_keypoints
+from cyberhost.inference.pipeline import GenerateConfig, _autocast, generate_video
 from cyberhost.models import CyberHost, CyberHostConfig
-
-from .conditions import ReferenceConditions, reference_from_keypoints
-from .pipeline import GenerateConfig, _autocast, generate_video
 
 
 @dataclass
@@ -52,7 +51,7 @@ class BenchResult:
 
 def synthetic_reference(size: tuple[int, int], seed: int = 0) -> ReferenceConditions:
     """Reference conditions of the drawn synthetic figure at ``size`` (random init makes real images pointless)."""
-    from cyberhost.training.synthetic import make_clip
+    from benchmarks.synthetic import make_clip
 
     clip = make_clip("bench-0000", num_frames=1, size=size, seed=seed)
     return reference_from_keypoints(clip["frames"][0], clip["keypoints"][0], TransformConfig(), size)
@@ -149,7 +148,7 @@ def run_benchmark(args: argparse.Namespace) -> list[BenchResult]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of the benchmark."""
-    p = argparse.ArgumentParser(prog="python -m cyberhost.inference.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.generate", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=("sd15", "tiny"), default="sd15")
     p.add_argument("--device", default="cuda")
     p.add_argument("--height", type=int, default=0, help="0 = 640 (sd15) / 64 (tiny)")

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from cyberhost import bench
+from benchmarks import model_step as bench
 
 
 def test_bench_runs_tiny_on_cpu(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """GPU training-step benchmark of CyberHost against the plain eager diffusers yardstick (DESIGN.md).
 
-``python -m cyberhost.bench`` times, in one run and with random init + bf16 autocast:
+``python -m benchmarks.model_step`` times, in one run and with random init + bf16 autocast:
 
 * ``yard1``: eager diffusers ``UNet2DConditionModel``: reference UNet forward (no grad) + UNet
   forward/backward, B=12, 640x384 (DESIGN.md's stage-1-like yardstick).
@@ -289,7 +289,7 @@ def _free(device: torch.device) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The benchmark's arguments (also used by :mod:`cyberhost.training.bench` for its yardstick rows)."""
+    """The benchmark's arguments (also used by :mod:`benchmarks.train` for its yardstick rows)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="sd15", choices=sorted(SIZES))
     p.add_argument("--device", default="cuda")

@@ -129,10 +129,10 @@ def write_shards(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m cyberhost.training.synthetic --output DIR``: write synthetic shards (smoke runs, GPU checks)."""
+    """``python -m benchmarks.synthetic --output DIR``: write synthetic shards (smoke runs, GPU checks)."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m cyberhost.training.synthetic", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.synthetic", description=main.__doc__)
     p.add_argument("--output", required=True, type=Path, help="dataset folder to create")
     p.add_argument("--clips", type=int, default=16)
     p.add_argument("--frames", type=int, default=24, help="frames per clip")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from data_prep import bench
+from benchmarks import prep as bench
 
 
 def _run(workers: int, frames_per_s: float, **seconds: float) -> dict[str, float]:
@@ -37,4 +37,4 @@ def test_smoke_run_has_every_step_and_a_verdict(tmp_path, capsys):
     assert run["keypoints_s"] > 0 and run["decode_s"] > 0 and run["write_s"] > 0
     assert set(results["encoding"]) == {"jpg_q90", "mp4_crf18", "mp4_crf23"} and "tracking_ms" in results["keypoints_ms_per_frame"]
     assert results["goals"]["slowest_step"] in bench.STEPS
-    assert "data_prep.bench: (smoke run, numbers are meaningless) end-to-end" in capsys.readouterr().out
+    assert "benchmarks.prep: (smoke run, numbers are meaningless) end-to-end" in capsys.readouterr().out

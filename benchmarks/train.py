@@ -1,13 +1,13 @@
 """Training throughput through the real DataModule, LightningModule and Trainer.
 
-``python -m cyberhost.training.bench`` (GPU, sd15 size, 640x384, random init, bf16-mixed) writes
+``python -m benchmarks.train`` (GPU, sd15 size, 640x384, random init, bf16-mixed) writes
 synthetic shards to a temp folder, then per stage runs ``Trainer.fit`` with a timing callback and
 reports samples/s and frames/s (timed wall time, waiting for data included), the median step
 time, model FLOPs per step (``torch.utils.flop_counter``, counted once, with checkpointing off so
 that recomputation is not counted; the frozen encoders' share -- VAE, wav2vec2, ArcFace -- is
 reported beside it), MFU against a measured bf16 matmul peak, peak memory and the fraction of
 wall time spent waiting for data. ``--yardstick`` also times the plain eager diffusers steps
-(:mod:`cyberhost.bench` ``yard1``/``yard2``) in the same process, for a side-by-side table.
+(:mod:`benchmarks.model_step` ``yard1``/``yard2``) in the same process, for a side-by-side table.
 ``--size tiny --device cpu`` is a smoke test (timings on CPU mean nothing).
 
 A step here is a whole optimiser step as the Trainer runs it: VAE encoding, conditions, forward,
@@ -27,15 +27,17 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch._dynamo.utils import counters
 from torch.utils.flop_counter import FlopCounterMode
 
-from cyberhost.bench import measure_peak
+from benchmarks.model_step import measure_peak
+from benchmarks.synthetic import write_shards
 from cyberhost.data.buckets import BucketConfig
 from cyberhost.data.datamodule import Stage1DataModule, Stage2DataModule
 from cyberhost.data.transforms import TransformConfig
 from cyberhost.models import CyberHostConfig
+from cyberhost.models.blocks import CompileConfig, checkpointing_paused
 from cyberhost.training.stages import RANDOM_STAGE1, Stage1Module, Stage2Module
-from cyberhost.training.synthetic import write_shards
 
 PRESETS = {
     "sd15": {"area": 640 * 384, "multiple": 64, "frame": (672, 400), "batch1": 12, "batch2": 1, "frames": 12, "motion": 4},
@@ -48,6 +50,8 @@ class StepTimer(L.Callback):
 
     def __init__(self, warmup: int) -> None:
         self.warmup, self.steps, self.waits = warmup, [], []
+        self.all_steps: list[float] = []  # every step, warm-up (and compilation) included
+        self.graphs_after_warmup = 0
         self._end: float | None = None
         self._start = 0.0
 
@@ -63,8 +67,11 @@ class StepTimer(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, out: Any, batch: Any, idx: int) -> None:
         self._sync(module)
         now = time.perf_counter()
+        self.all_steps.append(now - self._start)
         if trainer.global_step > self.warmup:
             self.steps.append(now - self._start)
+        elif trainer.global_step == self.warmup:
+            self.graphs_after_warmup = int(counters["stats"]["unique_graphs"])
         self._end = now
 
 
@@ -79,21 +86,24 @@ def count_flops(module: Any, dm: Any, device: torch.device, precision: str) -> t
     """
     batch = {k: v.to(device) for k, v in next(iter(dm.train_dataloader())).items()}
     module.to(device).train()
-    ckpt = bool(module.hparams.gradient_checkpointing)
-    module.model.enable_gradient_checkpointing(False)
+    ckpt = module.hparams.gradient_checkpointing
+    full = ckpt is True
+    if full:
+        module.model.enable_gradient_checkpointing(False)
     ctx = torch.autocast(device.type, torch.bfloat16) if precision.startswith("bf16") else torch.autocast(device.type, enabled=False)
-    with FlopCounterMode(display=False) as counter, ctx:
+    with FlopCounterMode(display=False) as counter, ctx, checkpointing_paused(), torch.compiler.set_stance("force_eager"):
         loss, _ = module.model_step(batch)
         loss.backward()
     module.zero_grad(set_to_none=True)
-    module.model.enable_gradient_checkpointing(ckpt)
+    if full:
+        module.model.enable_gradient_checkpointing(True)
     counts = counter.get_flop_counts()
     frozen = sum(sum(counts.get(name, {}).values()) for name in FROZEN_ENCODERS)
     return float(counter.get_total_flops()), float(frozen)
 
 
-def build(stage: int, size: str, shards: Path, workers: int, gc: bool, channels_last: bool = False,
-          device: torch.device | None = None, stage2_trainable: str = "all") -> tuple[Any, Any, int]:
+def build(stage: int, size: str, shards: Path, workers: int, gc: bool | list[str], channels_last: bool = False,
+          device: torch.device | None = None, stage2_trainable: str = "all", fast: dict | None = None) -> tuple[Any, Any, int]:
     """Module (random init on ``device``: building sd15 on the CPU is slow), DataModule and frames per sample."""
     p = PRESETS[size]
     buckets = BucketConfig(area=p["area"], multiple=p["multiple"], tolerance=0.15)
@@ -101,9 +111,10 @@ def build(stage: int, size: str, shards: Path, workers: int, gc: bool, channels_
     cfg = CyberHostConfig(size=size, stage=stage, stage2_trainable=stage2_trainable)
     with torch.device(device or "cpu"):
         if stage == 1:
-            module = Stage1Module(model=cfg, gradient_checkpointing=gc, channels_last=channels_last)
+            module = Stage1Module(model=cfg, gradient_checkpointing=gc, channels_last=channels_last, **(fast or {}))
         else:
-            module = Stage2Module(RANDOM_STAGE1, model=cfg, gradient_checkpointing=gc, channels_last=channels_last)
+            module = Stage2Module(RANDOM_STAGE1, model=cfg, gradient_checkpointing=gc, channels_last=channels_last,
+                                  **(fast or {}))
     if stage == 1:
         dm_cls, batch, frames = Stage1DataModule, p["batch1"], 1
     else:
@@ -117,8 +128,11 @@ def run_stage(stage: int, args: argparse.Namespace, shards: Path, peak: float) -
     """Fit ``warmup + steps`` steps of one stage and report its throughput."""
     device = torch.device(args.device)
     precision = "bf16-mixed" if device.type == "cuda" else "32-true"
-    module, dm, frames = build(stage, args.size, shards, args.workers, args.gradient_checkpointing,
-                               args.channels_last, device, args.stage2_trainable)
+    dynamic = {"auto": None, "true": True, "false": False}[args.compile_dynamic]
+    fast = {"compile": CompileConfig(enabled=args.compile, dynamic=dynamic), "frozen_bf16": args.frozen_bf16}
+    gc_setting = args.checkpoint or args.gradient_checkpointing
+    module, dm, frames = build(stage, args.size, shards, args.workers, gc_setting,
+                               args.channels_last, device, args.stage2_trainable, fast)
     flops, frozen_flops = count_flops(module, dm, device, precision)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -127,7 +141,10 @@ def run_stage(stage: int, args: argparse.Namespace, shards: Path, peak: float) -
                         max_steps=args.warmup + args.steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0, callbacks=[timer], gradient_clip_val=1.0)
+    fit_start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
+    fit_s = time.perf_counter() - fit_start
+    graphs = int(counters["stats"]["unique_graphs"])
     step = statistics.median(timer.steps)
     batch = dm.batch_size
     timed = min(len(timer.steps), len(timer.waits))  # step i waited waits[i] for its batch
@@ -140,6 +157,10 @@ def run_stage(stage: int, args: argparse.Namespace, shards: Path, peak: float) -
         "trainable_params_m": sum(p.numel() for p in module.parameters() if p.requires_grad) / 1e6, "step_s": step, "wall_s_per_step": per_step,
         "samples_per_s": batch / per_step, "frames_per_s": batch * frames / per_step,
         "tflop_per_step": flops / 1e12, "frozen_encoder_tflop": frozen_flops / 1e12,
+        "compile": args.compile, "compile_dynamic": args.compile_dynamic, "frozen_bf16": args.frozen_bf16, "checkpoint_patterns": args.checkpoint or None,
+        "warmup_s": sum(timer.all_steps[:args.warmup + 1]), "fit_s": fit_s,
+        "compiled_graphs": graphs, "graphs_compiled_in_timed_steps": graphs - timer.graphs_after_warmup,
+        "mfu_datasheet_989": flops / per_step / 989e12,
         "mfu": flops / per_step / peak, "mfu_trained_network": (flops - frozen_flops) / per_step / peak,
         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "data_wait_fraction": sum(timer.waits[:timed]) / max(1e-9, wall), "steps_timed": len(timer.steps),
@@ -170,11 +191,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--clips", type=int, default=0,
                         help="synthetic clips written (0: 2 x workers x stage-1 batch, so every worker fills batches)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--checkpoint", nargs="+", default=[], metavar="REGEX",
+                        help="selective checkpointing: only the blocks matching these regexes")
+    parser.add_argument("--compile", action="store_true", help="regional torch.compile (model.compile)")
+    parser.add_argument("--compile-dynamic", choices=["auto", "true", "false"], default="auto",
+                        help="torch.compile dynamic= (auto: static first, then dynamic sizes)")
+    parser.add_argument("--frozen-bf16", action="store_true", help="frozen VAE/UNet weights in bf16")
     parser.add_argument("--channels-last", action="store_true", help="channels-last conv weights")
     parser.add_argument("--stage2-trainable", choices=["all", "added"], default="all",
                         help="stage 2: train everything (the paper's end to end) or only what stage 2 adds")
     parser.add_argument("--yardstick", action="store_true",
-                        help="also time the eager diffusers yardstick (cyberhost.bench yard1, yard2) in this run")
+                        help="also time the eager diffusers yardstick (benchmarks.model_step yard1, yard2) in this run")
     parser.add_argument("--output", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -200,7 +227,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 def yardstick_rows(args: argparse.Namespace, peak: float) -> list[dict[str, Any]]:
     """The eager diffusers steps of DESIGN.md's table, with this run's checkpointing setting."""
-    from cyberhost import bench as model_bench
+    from benchmarks import model_step as model_bench
 
     device = torch.device(args.device)
     p = PRESETS[args.size]

@@ -1,4 +1,4 @@
-"""``python -m data_prep.bench`` (``make bench-prep``): data-prep throughput and the frame-encoding trade-off.
+"""``python -m benchmarks.prep`` (``make bench-prep``): data-prep throughput and the frame-encoding trade-off.
 
 Three measurements on the committed samples (repeated ``--copies`` times so two workers have work):
 
@@ -26,13 +26,14 @@ from pathlib import Path
 import av
 import numpy as np
 
+import data_prep
 from cyberhost.data.keypoints import MediaPipeHolistic
 from cyberhost.data.shards import decode_frames, encode_frames
 from data_prep.config import PrepConfig
 from data_prep.run import find_inputs, run_pool
 from data_prep.video import FrameReader
 
-SAMPLES = Path(__file__).parent / "samples"
+SAMPLES = Path(data_prep.__file__).parent / "samples"  # package data, so also found when installed
 
 
 STEPS = ("decode", "keypoints", "clarity", "regions", "write")
@@ -177,7 +178,7 @@ def source_clips(cfg: PrepConfig, paths: list[Path] | None = None) -> list[dict]
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     """Run the benchmarks, print the numbers and the goal verdict, save them as JSON."""
-    p = argparse.ArgumentParser(prog="python -m data_prep.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.prep", description=__doc__.split("\n")[0])
     p.add_argument("--copies", type=int, default=2, help="times the samples are repeated as inputs")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--output", type=Path, default=Path("data/bench-prep.json"))
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args.output.write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
     if "goals" in results:
-        print(f"data_prep.bench: {'(smoke run, numbers are meaningless) ' if args.smoke else ''}{results['goals']['summary']}")
+        print(f"benchmarks.prep: {'(smoke run, numbers are meaningless) ' if args.smoke else ''}{results['goals']['summary']}")
     return results
 
 
