@@ -420,9 +420,20 @@ class CyberHostModule(L.LightningModule):
                 "reference": self.model.encode_images(to_unit(batch["reference"])),
             }
             if "motion" in batch and batch["motion"].shape[1] > 0:
-                m = batch["motion"].shape[1]
-                out["motion"] = self.model.encode_images(to_unit(batch["motion"].flatten(0, 1))).unflatten(0, (b, m))
+                out["motion"] = self._motion_latents(batch["motion"], batch.get("motion_from_reference"), out["reference"])
         return out
+
+    def _motion_latents(self, motion: Tensor, from_reference: Tensor | None, reference: Tensor) -> Tensor:
+        """``(B, M, 4, h, w)`` latents of the motion frames; a sample whose motion frames are its reference
+        repeated (``motion_from_reference``) reuses the reference latent instead of encoding M copies of it."""
+        b, m = motion.shape[:2]
+        if from_reference is None or not bool(from_reference.any()):
+            return self.model.encode_images(to_unit(motion.flatten(0, 1))).unflatten(0, (b, m))
+        latents = reference[:, None].expand(-1, m, -1, -1, -1).clone()
+        own = ~from_reference.to(torch.bool)
+        if bool(own.any()):
+            latents[own] = self.model.encode_images(to_unit(motion[own].flatten(0, 1))).unflatten(0, (int(own.sum()), m))
+        return latents
 
     def _generator(self, offset: int = 0) -> torch.Generator:
         rank = self.global_rank if self._trainer is not None else 0
