@@ -70,7 +70,7 @@ def eager_generate(model: CyberHost, ref: ReferenceConditions, audio: np.ndarray
     with torch.inference_mode(), _autocast(device, cfg.autocast):
         ref_latent = model.encode_images(to_unit(cond.reference))
         skeleton, face, hands = to_maps(cond.reference_skeleton), to_unit(cond.face_crop), to_unit(cond.hand_crops)
-        movement = to_maps(cond.driving_map).expand(1, num_frames, -1, -1, -1)
+        driving_map = to_maps(cond.driving_map).expand(1, num_frames, -1, -1, -1)
         clarity = torch.full((1, num_frames, 2), 20.0, device=device)
         motion = ref_latent[:, None].expand(1, num_motion, *ref_latent.shape[1:])
         for s in range(segments):
@@ -83,7 +83,7 @@ def eager_generate(model: CyberHost, ref: ReferenceConditions, audio: np.ndarray
                         _f: dict[str, object] = feats) -> torch.Tensor:
                 if use_ref and use_audio:  # first call of a step: re-run the reference net
                     _f["f"] = model.encode_reference(ref_latent, skeleton, _m, face, hands)
-                return model.denoiser(_f["f"], movement, _tok, clarity)(x, t, use_ref, use_audio)  # type: ignore[arg-type]
+                return model.denoiser(_f["f"], driving_map, _tok, clarity)(x, t, use_ref, use_audio)  # type: ignore[arg-type]
 
             latents = sampler.sample(denoise, (1, num_frames, *ref_latent.shape[1:]), device, generator)
             motion = latents[:, -num_motion:]

@@ -17,6 +17,8 @@
 # fast:       (only when named) stage 2 (additions only) through the Trainer: plain (with the eager yardsticks
 #             in the same process) against regional compilation + bf16 frozen weights, compiled with a cold
 #             and then a warm inductor cache; then tests/gpu/test_fast_path.py.
+# memory:     (only when named) stage 2 (additions only) through the Trainer with bf16 frozen weights and
+#             selective checkpointing of the top-resolution blocks (CKPT_PATTERN): step time and peak memory.
 # losses:     (only when named) Eq. 6's diffusion and heatmap terms at init (benchmarks/loss_terms.py).
 # Everything goes to OUT_DIR/all.log (and a line per part to OUT_DIR/summary.txt), JSON rows to
 # OUT_DIR/<part>.json. Each part has a time limit (LIMIT_<PART> seconds) so one hang cannot eat the rest.
@@ -89,6 +91,12 @@ if want fast; then  # issue 12: stage 2 (added set) plain vs regional compile + 
         --frozen-bf16 --output "$out/fast_warm.json"
     part fast_test "${LIMIT_TESTS:-200}" $py -m pytest -q -m gpu tests/gpu/test_fast_path.py -p no:cacheprovider
   fi
+fi
+
+if want memory; then  # issue 12 item 2: the added set under 40 GiB without full checkpointing
+  common=(--size sd15 --device cuda --stages 2 --steps 8 --warmup 3 --workers 8 --stage2-trainable added)
+  part memory_bf16_top "${LIMIT_TRAIN:-140}" $py -m benchmarks.train "${common[@]}" --frozen-bf16 \
+      --checkpoint "${CKPT_PATTERN:-^unet\.(down_blocks\.0|up_blocks\.3)\.}" --output "$out/memory_bf16_top.json"
 fi
 
 if want losses; then

@@ -98,7 +98,7 @@ def synthetic_sample(shape: Shape, device: torch.device, generator: torch.Genera
         "face": torch.rand(s.batch, 3, s.face, s.face, generator=g) * 2 - 1,
         "hands": torch.rand(s.batch, 2, 3, s.hand, s.hand, generator=g) * 2 - 1,
         "audio": torch.randn(s.batch, 16000 * s.frames // 25, generator=g) * 0.1,
-        "movement": torch.rand(s.batch, s.frames, 3, s.height, s.width, generator=g) * 2 - 1,
+        "driving_map": torch.rand(s.batch, s.frames, 3, s.height, s.width, generator=g) * 2 - 1,
         "clarity": torch.rand(s.batch, s.frames, 2, generator=g) * 80,
         "keypoints": kps,
         "keypoints_valid": valid,
@@ -113,12 +113,12 @@ def loss_terms(model: CyberHost, sample: dict[str, Tensor], schedule: NoiseSched
         ``diffusion``, ``heatmap_applied`` (scalars with their graphs), ``heatmap/<k>`` per hand RCA
         and ``pred_energy/<k>`` (mean ``sum H^^2`` of one predicted map, detached).
     """
-    size = tuple(sample["movement"].shape[-2:])
+    size = tuple(sample["driving_map"].shape[-2:])
     noisy = schedule.add_noise(sample["x0"], sample["noise"], sample["t"])
     ref = model.encode_reference(sample["ref_latents"], sample["ref_skeleton"], sample["motion"], sample["face"],
                                  sample["hands"])  # fmt: skip
     audio = model.encode_audio(sample["audio"], noisy.shape[1])
-    out = model(noisy, sample["t"], ref, sample["movement"], audio, sample["clarity"])
+    out = model(noisy, sample["t"], ref, sample["driving_map"], audio, sample["clarity"])
     region = keypoint_region_mask(sample["keypoints"], sample["keypoints_valid"], size, tuple(noisy.shape[-2:]))
     target = schedule.target(sample["x0"], sample["noise"], sample["t"])
     terms = {"diffusion": weighted_diffusion_loss(out.sample, target, region, config.alpha)}

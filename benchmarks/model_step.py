@@ -226,7 +226,7 @@ def cyberhost_steps(case: str, size: str, shp: Shapes, device: torch.device, ckp
     ref_latents = torch.randn(b, 4, shp.h, shp.w, **dev)
     skeleton = torch.randn(b, 3, shp.height, shp.width, **dev)
     noisy = torch.randn(b, f, 4, shp.h, shp.w, **dev)
-    movement = torch.randn(b, f, 3, shp.height, shp.width, **dev)
+    driving_map = torch.randn(b, f, 3, shp.height, shp.width, **dev)
     t = torch.randint(0, 1000, (b,), **dev)
     motion = torch.randn(b, m, 4, shp.h, shp.w, **dev) if m else None
     face = torch.randn(b, 3, 256, 256, **dev) if stage == 2 else None
@@ -238,7 +238,7 @@ def cyberhost_steps(case: str, size: str, shp: Shapes, device: torch.device, ckp
         with _autocast(device):
             ref = model.encode_reference(ref_latents, skeleton, motion, face, hands)
             tokens = model.encode_audio(audio, f + m)[:, m:] if audio is not None else None
-            out = model(noisy, t, ref, movement, tokens, clarity)
+            out = model(noisy, t, ref, driving_map, tokens, clarity)
             loss = out.sample.float().square().mean()
             for extra in (*out.heatmaps, *out.face_masks, *out.hand_masks):
                 loss = loss + extra.float().square().mean()

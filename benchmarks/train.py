@@ -30,14 +30,13 @@ import torch
 from torch._dynamo.utils import counters
 from torch.utils.flop_counter import FlopCounterMode
 
-from cyberhost.models.blocks import CompileConfig, checkpointing_paused
-
 from benchmarks.model_step import measure_peak
 from benchmarks.synthetic import write_shards
 from cyberhost.data.buckets import BucketConfig
 from cyberhost.data.datamodule import Stage1DataModule, Stage2DataModule
 from cyberhost.data.transforms import TransformConfig
 from cyberhost.models import CyberHostConfig
+from cyberhost.models.blocks import CompileConfig, checkpointing_paused
 from cyberhost.training.stages import RANDOM_STAGE1, Stage1Module, Stage2Module
 
 PRESETS = {

@@ -60,10 +60,16 @@ def build_cli(args: list[str], run: bool = True) -> object:
     from lightning.pytorch.cli import LightningCLI
 
     from cyberhost.data.datamodule import ClipDataModule
-    from cyberhost.training.module import CyberHostModule
+    from cyberhost.training.module import CyberHostModule, build_on_meta
 
     class CyberHostCLI(LightningCLI):
-        """LightningCLI with our defaults (run dir ``runs/<stage>``, TensorBoard)."""
+        """LightningCLI with our defaults (run dir ``runs/<stage>``, TensorBoard); FSDP2 runs build on meta."""
+
+        def instantiate_classes(self) -> None:
+            """As LightningCLI, but under FSDP2 the network is built on the meta device (sharded before it is filled)."""
+            config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+            with build_on_meta(_is_fsdp2(config.get("trainer", {}).get("strategy"))):
+                super().instantiate_classes()
 
         def add_arguments_to_parser(self, parser: object) -> None:
             parser.set_defaults(  # type: ignore[attr-defined]
@@ -92,6 +98,25 @@ def build_cli(args: list[str], run: bool = True) -> object:
         )
     finally:
         sys.argv = saved
+
+
+def _is_fsdp2(strategy: object) -> bool:
+    """Whether a configured ``trainer.strategy`` (a name, a ``class_path`` node or an instance) is FSDP2."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    if isinstance(strategy, ModelParallelStrategy):
+        return True
+    path = getattr(strategy, "class_path", None) or (strategy.get("class_path") if isinstance(strategy, dict) else None)
+    if not isinstance(path, str) or "." not in path:
+        return False
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False  # LightningCLI reports the bad class path itself
+    return isinstance(cls, type) and issubclass(cls, ModelParallelStrategy)
 
 
 if __name__ == "__main__":

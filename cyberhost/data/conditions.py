@@ -142,10 +142,10 @@ class Conditions:
 
 
 def check_conditions(cond: Conditions) -> None:
-    """Check dtypes and shapes of one (unbatched) sample against :data:`CONDITION_FIELDS`.
+    """Check dtypes, shapes and finiteness of one (unbatched) sample against :data:`CONDITION_FIELDS`.
 
     Raises:
-        ValueError: naming the first field that does not match.
+        ValueError: naming the first field that does not match or holds NaN/Inf.
     """
     sizes: dict[str, int] = {}
     for name, spec in CONDITION_FIELDS.items():
@@ -157,6 +157,9 @@ def check_conditions(cond: Conditions) -> None:
         for dim, want in zip(value.shape, spec.shape, strict=True):
             if isinstance(want, int) and dim != want or isinstance(want, str) and sizes.setdefault(want, dim) != dim:
                 raise ValueError(f"condition {name!r} has shape {tuple(value.shape)}, expected {spec.shape} ({sizes})")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"condition {name!r} holds NaN or Inf: an absent value must be a finite value plus its "
+                             f"validity mask")
 
 
 # ----------------------------------------------------------------------------- frame choice
@@ -384,7 +387,9 @@ def build_conditions(
     out["audio"] = audio_window(clip, targets[0], cfg) if stage == 2 else torch.zeros(0)
     drop_ref, drop_audio = choose_dropout(cfg, rng)
     out["drop_reference"], out["drop_audio"] = torch.tensor(drop_ref), torch.tensor(drop_audio)
-    return Conditions(**out), crop
+    cond = Conditions(**out)
+    check_conditions(cond)
+    return cond, crop
 
 
 # ----------------------------------------------------------------------------- training samples

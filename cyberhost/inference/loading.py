@@ -11,7 +11,12 @@ schedule from the module's saved hyper-parameters (``model``, ``schedule``; an e
 Training YAMLs given with ``--config`` are composed left to right (as LightningCLI does with
 repeated ``--config``) and read at their LightningCLI paths (``model.init_args.model``,
 ``model.init_args.schedule``, ``data.init_args.transform``, ``data.init_args.buckets``; ``init_args``
-may be left out); their keys win over the checkpoint's.
+may be left out); their keys win over the checkpoint's. Nothing is inferred from tensor shapes: a
+checkpoint that records no network config needs the training YAML.
+
+The network is built from that config on the meta device and filled by
+:func:`cyberhost.weights.load_network`, the loader training uses: the checkpoint's tensors, and
+pretrained folders only for parts the checkpoint lacks.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from torch import Tensor
 
+from cyberhost import weights
 from cyberhost.data.buckets import BucketConfig
 from cyberhost.data.transforms import TransformConfig
 from cyberhost.diffusion.schedule import ScheduleConfig
@@ -36,15 +43,6 @@ from .errors import CheckpointMismatchError, GenerateError
 
 log = logging.getLogger(__name__)
 
-_PRETRAINED_PARTS = {
-    "sd15_path": ("vae.", "unet.", "reference_net."),
-    "motion_adapter_path": ("unet.",),
-    "wav2vec2_path": ("audio.wav2vec2.",),
-    "arcface_path": ("face_encoder.",),
-}
-"""Config path field -> state-dict prefixes of the parts built from it."""
-_FROZEN_FROM_PATH = {"sd15_path": "vae.", "wav2vec2_path": "audio.wav2vec2.", "arcface_path": "face_encoder."}
-"""Config path field -> the frozen part it loads (those keys may be absent from a checkpoint)."""
 _SECTIONS = {"model": ("model", "model"), "schedule": ("model", "schedule"), "transform": ("data", "transform"),
              "buckets": ("data", "buckets")}
 """Setting -> (LightningCLI group, argument) where a training YAML holds it."""
@@ -133,9 +131,6 @@ def checkpoint_sections(ckpt: Checkpoint) -> dict[str, dict[str, Any]]:
     found = {"model": ckpt.config.get("model"), "schedule": ckpt.config.get("schedule"),
              "transform": ckpt.conditions.get("transform"), "buckets": ckpt.conditions.get("buckets")}
     out = {name: _plain(value) for name, value in found.items() if value is not None}
-    if ckpt.config and "model" not in out:  # a module built with the default network config saves model=None
-        stage = ckpt.config.get("stage", 2 if "stage1_checkpoint" in ckpt.config else CyberHostConfig.stage)
-        out["model"] = {"stage": stage}
     return {name: value for name, value in out.items() if isinstance(value, dict)}
 
 
@@ -194,35 +189,26 @@ def choose_weights(ckpt: Checkpoint, prefer_ema: bool) -> tuple[dict[str, Tensor
 # ----------------------------------------------------------------------------- the network
 
 
-def _covered(state: Mapping[str, Tensor], parts: tuple[str, ...]) -> bool:
-    return all(any(k.startswith(p) for k in state) for p in parts)
+def build_and_load(config: CyberHostConfig, state: Mapping[str, Tensor], where: str) -> CyberHost:
+    """The network of ``config`` built on the meta device and filled by :func:`cyberhost.weights.load_network`.
 
-
-def check_and_load(model: CyberHost, state: Mapping[str, Tensor], where: str) -> None:
-    """Load ``state`` into ``model`` or raise naming every missing, unexpected and mis-shaped key.
-
-    Keys of pretrained, frozen parts that the config builds from a local path may be absent.
+    Pretrained folders are read only for parts the checkpoint lacks (the frozen VAE, wav2vec2 and
+    ArcFace of an export); nothing is initialised at random, since every tensor is loaded.
 
     Raises:
-        CheckpointMismatchError: the tensors do not fit the network of the config.
+        CheckpointMismatchError: missing, unexpected or mis-shaped keys (each named).
+        GenerateError: a pretrained folder the checkpoint needs is missing or of another architecture.
     """
-    own = model.state_dict()
-    from_paths = tuple(p for name, p in _FROZEN_FROM_PATH.items() if getattr(model.config, name))
-    missing = sorted(k for k in own if k not in state and not k.startswith(from_paths))
-    unexpected = sorted(k for k in state if k not in own)
-    mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
-                        for k in state if k in own and state[k].shape != own[k].shape)
-    if missing or unexpected or mismatched:
-        def show(keys: list[str]) -> str:
-            return ", ".join(keys[:10]) + (f" ... (+{len(keys) - 10} more)" if len(keys) > 10 else "")
-
-        parts = [f"{len(v)} {name} key(s): {show(v)}" for name, v in
-                 (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)) if v]
-        raise CheckpointMismatchError(
-            f"checkpoint {where} does not fit the network of the config "
-            f"(size={model.config.size!r}, stage={model.config.stage}): " + "; ".join(parts)
-            + ". Pass the YAML(s) the checkpoint was trained with (--config).", missing, unexpected, mismatched)
-    model.load_state_dict(state, strict=False)
+    with torch.device("meta"):
+        model = CyberHost(config)
+    try:
+        weights.load_network(model, state, what=f"checkpoint {where}")
+    except weights.WeightsMismatchError as err:
+        raise CheckpointMismatchError(f"{err}. Pass the YAML(s) the checkpoint was trained with (--config).",
+                                      err.missing, err.unexpected, err.mismatched) from err
+    except (FileNotFoundError, weights.PretrainedMismatchError) as err:
+        raise GenerateError(f"{err} (the checkpoint {where} lacks these weights; --set the local path)") from err
+    return model
 
 
 def load_model(
@@ -276,16 +262,10 @@ def load_model(
                     where, " or ".join(unrecorded))
     settings = build_settings(sections, where)
     settings.conditions, settings.ema = dict(conditions), used_ema
-    cfg = asdict(settings.model)
-    cfg.update(overrides or {})
-    for name, parts in _PRETRAINED_PARTS.items():  # weights in the checkpoint need no local pretrained directory
-        if cfg.get(name) and name not in (overrides or {}) and _covered(state, parts):
-            cfg[name] = None
-    settings.model = _build(CyberHostConfig, cfg, settings.source)
+    settings.model = _build(CyberHostConfig, {**asdict(settings.model), **(overrides or {})}, settings.source)
     if settings.model.stage != 2:
         raise GenerateError(f"{checkpoint} is a stage-{settings.model.stage} network; audio-driven generation needs "
                             "stage 2 (temporal modules, audio attention, RCA)")
-    model = CyberHost(settings.model)
-    check_and_load(model, state, str(checkpoint))
+    model = build_and_load(settings.model, state, str(checkpoint))
     model.eval().requires_grad_(False)
     return model, settings

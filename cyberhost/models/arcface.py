@@ -6,12 +6,10 @@ dict: ``backbone.pth`` files such as ``ms1mv3_arcface_r100_fp16/backbone.pth`` o
 ``glint360k_cosface_r100_fp16_0.1/backbone.pth`` (load with ``torch.load(weights_only=True)``,
 no code execution) or the same tensors saved as ``.safetensors``. Input: aligned 112x112 RGB face
 in [-1, 1] (the data aligns the 256-px crop, :func:`align_face` only resizes it); output: the
-512-d identity embedding. The loaded network is frozen.
+512-d identity embedding. The network is frozen; ``cyberhost.weights`` loads the file into it.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -81,35 +79,6 @@ class IResNet(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 512, 7, 7)
         x = self.dropout(torch.flatten(self.bn2(x), 1))
         return self.features(self.fc(x))
-
-
-def load_arcface(path: str | Path, arch: str) -> IResNet:
-    """Build an IResNet and load an ``arcface_torch`` state dict (``.pth`` or ``.safetensors``).
-
-    Raises:
-        FileNotFoundError: naming the missing file.
-        ValueError: if the keys do not match ``arch`` (names the first missing/unexpected keys).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"ArcFace weights not found at {path}; set model.arcface_path to an insightface arcface_torch "
-            "iresnet backbone.pth (or .safetensors), or use face_encoder='conv'"
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    net = IResNet(arch)
-    result = net.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{path} is not an arcface_torch iresnet {arch}: missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
-        )
-    return net
 
 
 def align_face(face: Tensor) -> Tensor:

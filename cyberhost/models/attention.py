@@ -56,8 +56,7 @@ class InjectionState:
         self.drop_audio: Tensor | None = None
         self.batch = 1
         self.recording = False
-        self._reference: dict[str, Tensor] | None = None
-        self._motion: dict[str, Tensor] | None = None
+        self._tokens: dict[str, dict[str, Tensor] | None] = {"reference": None, "motion": None}
         self._readers: dict[str, list[_TokenReader]] = {"reference": [], "motion": []}
         self._recorders: list[RecordingProcessor] = []
 
@@ -66,25 +65,27 @@ class InjectionState:
         self._readers[kind].append(processor)
         processor.tokens = None
 
+    def _hand_out(self, kind: str, value: dict[str, Tensor] | None) -> None:
+        """Keep ``value`` (layer name -> tokens) and give each ``kind`` reader the tokens of its layer."""
+        self._tokens[kind] = value
+        for proc in self._readers[kind]:
+            proc.tokens = None if value is None else value.get(proc.source)
+
     @property
     def reference(self) -> dict[str, Tensor] | None:
-        return self._reference
+        return self._tokens["reference"]
 
     @reference.setter
     def reference(self, value: dict[str, Tensor] | None) -> None:
-        self._reference = value
-        for proc in self._readers["reference"]:
-            proc.tokens = None if value is None else value.get(proc.source)
+        self._hand_out("reference", value)
 
     @property
     def motion(self) -> dict[str, Tensor] | None:
-        return self._motion
+        return self._tokens["motion"]
 
     @motion.setter
     def motion(self, value: dict[str, Tensor] | None) -> None:
-        self._motion = value
-        for proc in self._readers["motion"]:
-            proc.tokens = None if value is None else value.get(proc.source)
+        self._hand_out("motion", value)
 
     @property
     def bank(self) -> dict[str, Tensor]:

@@ -91,12 +91,13 @@ def compile_regions(model: nn.Module, config: CompileConfig | None = None) -> li
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, config.recompile_limit)
     torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit,
                                                             4 * config.recompile_limit)
-    names = []
+    names, classes = [], set()
     for name, module in regions(model, vae=config.vae):
         if getattr(module, "_compiled_call_impl", None) is None:
             module.compile(mode=config.mode, backend=config.backend, dynamic=config.dynamic)
         names.append(name)
-    log.info("compiled %d blocks (%s)", len(names), ", ".join(sorted({type(m).__name__ for _, m in regions(model)})))
+        classes.add(type(module).__name__)
+    log.info("compiled %d blocks (%s)", len(names), ", ".join(sorted(classes)))
     return names
 
 

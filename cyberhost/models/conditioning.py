@@ -51,7 +51,7 @@ def network_inputs(
         hand_valid=cond.hand_crops_valid if stage2 else None,
     )  # fmt: skip
     frames = cond.driving_map.shape[1]
-    kwargs: dict[str, Any] = {"reference": reference, "movement_map": to_maps(cond.driving_map)}
+    kwargs: dict[str, Any] = {"reference": reference, "driving_map": to_maps(cond.driving_map)}
     if stage2:
         kwargs["audio_tokens"] = model.encode_audio(cond.audio, frames)
         kwargs["hand_clarity"] = cond.hand_clarity.float()

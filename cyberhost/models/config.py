@@ -180,6 +180,8 @@ class CyberHostConfig:
         stage: 1 = image pairs (reference net, pose encoders, 2D UNet); 2 = clips (adds AnimateDiff
             temporal modules, motion frames, audio attention, RCA, hand clarity, heatmap heads).
         sd15_path: local diffusers SD-1.5 directory with ``unet/`` and ``vae/``; None = random init.
+            Paths are read by ``cyberhost.weights.load_network``, never by building the network; a
+            folder must hold the architecture of ``size``.
         motion_adapter_path: local diffusers AnimateDiff ``MotionAdapter`` directory; None = new
             temporal modules with zero-initialised outputs (stage 2 only).
         wav2vec2_path: local transformers ``Wav2Vec2Model`` directory (e.g. wav2vec2-base-960h);
@@ -200,7 +202,8 @@ class CyberHostConfig:
         orthonormalize: ``"qr"`` (fast, sign-fixed, equal to Gram-Schmidt) or ``"gram_schmidt"``.
         text_tokens: learnable tokens replacing SD's text embedding in cross-attention (zero init).
         stage2_trainable: ``"added"`` trains only what stage 2 adds (temporal modules, motion-frame,
-            audio, RCA, identity, clarity, heatmap heads); ``"all"`` also the stage-1 parts.
+            audio, RCA, identity, clarity, heatmap heads: the ``stage2`` parts of
+            ``cyberhost.models.cyberhost.network_parts``); ``"all"`` also the stage-1 parts.
     """
 
     size: str = "tiny"

@@ -16,6 +16,11 @@ stage-2 network reproduces the stage-1 network frame by frame (tested) -- when t
 modules are new. A pretrained AnimateDiff adapter (``motion_adapter_path``) is loaded as trained
 and is not a no-op; everything else stage 2 adds still is.
 
+Construction reads no file: ``CyberHost(config)`` builds every part from the size registry with
+random init (and works under ``torch.device("meta")``); :func:`network_parts` declares which
+parts are pretrained (and from which config path), which stage 1 trains and which stage 2 adds.
+``cyberhost.weights`` loads the pretrained folders and our checkpoints into a built network.
+
 Motion frames reach the temporal attention of the levels whose blocks have a spatial
 self-attention (the CrossAttn levels of SD-1.5); the plain ``DownBlock2D``/``UpBlock2D`` level
 has none to read from the reference net, so its temporal modules see the clip only.
@@ -25,15 +30,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from diffusers import UNetMotionModel
+from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from diffusers.utils import logging as diffusers_logging
 from torch import Tensor, nn
+from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from .arcface import IResNet, align_face, load_arcface
+from .arcface import IResNet, align_face
 from .attention import (
     AddedCrossAttention,
     AudioCrossAttnProcessor,
@@ -49,7 +56,6 @@ from .audio import AudioEncoder
 from .blocks import checkpoint_regions
 from .config import CyberHostConfig
 from .encoders import ConvFaceEncoder, HandClarityEmbedding, HandEncoder, PoseEncoder
-from .pretrained import build_motion_adapter, build_unet, build_vae, build_wav2vec2, new_motion_adapter
 from .rca import HeatmapHead, RegionCodebookAttention
 from .unet import check_plain_sd_unet, run_unet, stage_widths, time_embedding
 
@@ -93,6 +99,90 @@ class CyberHostOutput:
     heatmaps: list[Tensor]
 
 
+@dataclass(frozen=True)
+class Part:
+    """One part of the network, as :func:`network_parts` declares it.
+
+    Attributes:
+        name: the part's name in tables and messages; also its module path unless ``pattern`` is given.
+        stage: 1 = in the networks of both stages (what stage 1 trains); 2 = added by stage 2.
+        trained: False for a pretrained part that stays frozen (eval mode, out of the optimiser).
+        weights: the ``CyberHostConfig`` field naming its pretrained folder or file; None = starts at random.
+        folder: subfolder of that path holding it (SD-1.5's ``unet``/``vae``).
+        root: the module a pretrained state dict of this part loads into (default: ``name``).
+        pattern: regex over state-dict keys (``re.match``); default: ``name`` and a dot.
+    """
+
+    name: str
+    stage: int
+    trained: bool = True
+    weights: str | None = None
+    folder: str = ""
+    root: str | None = None
+    pattern: str | None = None
+
+    @property
+    def group(self) -> str:
+        """``pretrained`` (frozen), ``stage1`` or ``stage2`` (what stage 2 adds)."""
+        return "pretrained" if not self.trained else f"stage{self.stage}"
+
+    @property
+    def load_root(self) -> str:
+        """Module path a pretrained state dict of this part is relative to."""
+        return self.name if self.root is None else self.root
+
+    def matches(self, key: str) -> bool:
+        """Whether the state-dict key ``key`` belongs to this part (ignoring parts declared before it)."""
+        return re.match(self.pattern or rf"{re.escape(self.name)}\.", key) is not None
+
+
+def network_parts(config: CyberHostConfig) -> tuple[Part, ...]:
+    """The parts of the network of ``config``: THE declaration (freezing, trainable sets, loading read it).
+
+    Order matters: a key belongs to the first part that matches it (the temporal modules before the
+    rest of the UNet). Every parameter and buffer of the network belongs to exactly one part (tested).
+    """
+    parts = [
+        Part("vae", 1, trained=False, weights="sd15_path", folder="vae"),
+        Part("reference_net", 1, weights="sd15_path", folder="unet"),
+        Part("unet.motion_modules", 2, weights="motion_adapter_path", root="unet",
+             pattern=r"unet\.(.+\.)?motion_modules\."),  # AnimateDiff temporal modules inside the UNet blocks
+        Part("unet", 1, weights="sd15_path", folder="unet"),  # the denoising UNet's spatial (2D) layers
+        Part("pose_encoder", 1),
+        Part("ref_pose_encoder", 1),
+        Part("text_context", 1, pattern=r"text_context$"),
+    ]
+    if config.stage == 2:
+        arcface = config.resolved_face_encoder == "arcface"
+        parts += [
+            Part("audio.wav2vec2", 2, trained=False, weights="wav2vec2_path"),
+            Part("audio.proj", 2),
+            Part("audio_layers", 2),
+            Part("motion_layers", 2),
+            Part("face_rca", 2),
+            Part("hand_rca", 2),
+            Part("heatmap_heads", 2),
+            Part("face_encoder", 2, trained=not arcface, weights="arcface_path" if arcface else None),
+            Part("face_proj", 2),
+            Part("face_norm", 2),
+            Part("hand_encoder", 2),
+            Part("clarity", 2),
+        ]
+    return tuple(p for p in parts if p.stage <= config.stage)
+
+
+def part_of(parts: tuple[Part, ...], key: str) -> Part:
+    """The part a state-dict key belongs to.
+
+    Raises:
+        KeyError: no declared part matches (the declaration misses a module).
+    """
+    for part in parts:
+        if part.matches(key):
+            return part
+    raise KeyError(f"{key!r} belongs to no declared part of the network (cyberhost.models.cyberhost.network_parts)")
+
+
 def _freeze(module: nn.Module) -> None:
     module.eval()
     module.requires_grad_(False)
@@ -109,27 +199,23 @@ class CyberHost(nn.Module):
         super().__init__()
         self.config = config
         spec = config.spec
-        unet2d = build_unet(spec, config.sd15_path)
+        self.parts = network_parts(config)
+        unet2d = UNet2DConditionModel(**spec.unet)
         check_plain_sd_unet(unet2d)
-        self.vae = build_vae(spec, config.sd15_path)
+        self.vae = AutoencoderKL(**spec.vae)
         latent_channels = unet2d.config.in_channels
         cross_dim = unet2d.config.cross_attention_dim
         if config.stage == 1:
             self.reference_net = copy.deepcopy(unet2d)
             self.unet = unet2d
         else:
-            adapter = build_motion_adapter(spec, config.motion_adapter_path)
             level = diffusers_logging.get_verbosity()
             diffusers_logging.set_verbosity_error()  # from_unet2d warns about an empty fp32 list on every build
             try:
-                self.unet = UNetMotionModel.from_unet2d(unet2d, adapter or new_motion_adapter(spec))
+                self.unet = UNetMotionModel.from_unet2d(unet2d, MotionAdapter(**spec.motion_adapter))
             finally:
                 diffusers_logging.set_verbosity(level)
-            if adapter is None:  # new temporal modules start as identities (AnimateDiff's zero init)
-                for name, module in self.unet.named_modules():
-                    if name.endswith("proj_out") and "motion_modules" in name:
-                        nn.init.zeros_(module.weight)
-                        nn.init.zeros_(module.bias)
+            self._zero_temporal_outputs()
             self.reference_net = unet2d
         self.text_context = nn.Parameter(torch.zeros(1, config.text_tokens, cross_dim))
         self.pose_encoder = PoseEncoder(3, latent_channels, spec.pose_channels)
@@ -183,11 +269,10 @@ class CyberHost(nn.Module):
 
     def _build_stage2(self, cross_dim: int) -> None:
         cfg, spec = self.config, self.config.spec
-        self.audio = AudioEncoder(build_wav2vec2(spec, cfg.wav2vec2_path), cfg.audio_layers, cfg.audio_context,
+        self.audio = AudioEncoder(Wav2Vec2Model(Wav2Vec2Config(**spec.wav2vec2)), cfg.audio_layers, cfg.audio_context,
                                   spec.audio_hidden, cfg.resolved_audio_tokens, cross_dim)
         if cfg.resolved_face_encoder == "arcface":
-            self.face_encoder: nn.Module = (load_arcface(cfg.arcface_path, spec.arcface_arch) if cfg.arcface_path
-                                            else IResNet(spec.arcface_arch))
+            self.face_encoder: nn.Module = IResNet(spec.arcface_arch)
         else:
             self.face_encoder = ConvFaceEncoder(spec.face_conv_channels)
         self.face_proj = nn.Sequential(nn.Linear(512, spec.face_tokens * spec.id_dim))
@@ -204,18 +289,27 @@ class CyberHost(nn.Module):
                 if region == "hand":
                     self.heatmap_heads[block] = HeatmapHead(widths[block])
 
-    def _freeze_parts(self) -> None:
-        _freeze(self.vae)
+    def _zero_temporal_outputs(self) -> None:
+        """New temporal modules start as identities (AnimateDiff's zero init); a loaded adapter replaces them."""
+        for name, module in self.unet.named_modules():
+            if name.endswith("proj_out") and "motion_modules" in name:
+                nn.init.zeros_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def init_own_weights(self) -> None:
+        """What construction sets beyond its modules' own init (for ``cyberhost.models.init`` after ``to_empty``)."""
+        nn.init.zeros_(self.text_context)
         if self.config.stage == 2:
-            _freeze(self.audio.wav2vec2)
-            if isinstance(self.face_encoder, IResNet):
-                _freeze(self.face_encoder)
-            if self.config.stage2_trainable == "added":
-                for part in (self.reference_net, self.pose_encoder, self.ref_pose_encoder):
-                    part.requires_grad_(False)
-                self.text_context.requires_grad_(False)
-                for name, p in self.unet.named_parameters():
-                    p.requires_grad_("motion_modules" in name)
+            self._zero_temporal_outputs()
+
+    def _freeze_parts(self) -> None:
+        """Freeze by the declaration: pretrained parts always; with ``stage2_trainable: added`` the stage-1 parts too."""
+        for part in self.frozen_parts():
+            _freeze(self.get_submodule(part.name))
+        if self.config.stage == 2 and self.config.stage2_trainable == "added":
+            for name, p in self.named_parameters():
+                if part_of(self.parts, name).stage == 1:
+                    p.requires_grad_(False)
         # the reference net's output is never used: the tail after its last self-attention stays frozen
         ref = self.reference_net
         tail: list[nn.Module] = [ref.conv_out] + ([ref.conv_norm_out] if ref.conv_norm_out is not None else [])
@@ -228,14 +322,13 @@ class CyberHost(nn.Module):
         for module in tail:
             module.requires_grad_(False)
 
+    def frozen_parts(self) -> list[Part]:
+        """The declared pretrained parts that stay frozen (each one module)."""
+        return [p for p in self.parts if not p.trained]
+
     def frozen_modules(self) -> list[nn.Module]:
         """Pretrained parts that always stay in eval mode and out of the optimiser."""
-        parts: list[nn.Module] = [self.vae]
-        if self.config.stage == 2:
-            parts.append(self.audio.wav2vec2)
-            if isinstance(self.face_encoder, IResNet):
-                parts.append(self.face_encoder)
-        return parts
+        return [self.get_submodule(p.name) for p in self.frozen_parts()]
 
     def train(self, mode: bool = True) -> CyberHost:
         """Like ``nn.Module.train`` but keeps :meth:`frozen_modules` in eval mode."""
@@ -276,8 +369,7 @@ class CyberHost(nn.Module):
             ValueError: if the dict has keys the stage-2 network lacks or misses stage-1 keys.
         """
         result = self.load_state_dict(state_dict, strict=False)
-        stage2_only = ("motion_modules", "audio", "motion_layers", "face_", "hand_", "heatmap_heads", "clarity")
-        missing = [k for k in result.missing_keys if not any(s in k for s in stage2_only)]
+        missing = [k for k in result.missing_keys if part_of(self.parts, k).stage == 1]
         if result.unexpected_keys or missing:
             raise ValueError(f"not a stage-1 state dict: unexpected {result.unexpected_keys[:5]}, missing {missing[:5]}")
 
@@ -383,7 +475,7 @@ class CyberHost(nn.Module):
         noisy_latents: Tensor,
         timesteps: Tensor,
         reference: ReferenceFeatures | None = None,
-        movement_map: Tensor | None = None,
+        driving_map: Tensor | None = None,
         audio_tokens: Tensor | None = None,
         hand_clarity: Tensor | None = None,
         hand_clarity_valid: Tensor | None = None,
@@ -396,7 +488,9 @@ class CyberHost(nn.Module):
             noisy_latents: ``(B, F, 4, h, w)`` (F = 1 for stage 1 image pairs).
             timesteps: ``(B,)`` diffusion timesteps.
             reference: from :meth:`encode_reference`; None = no reference at all.
-            movement_map: ``(B, F, 3, H, W)`` body movement map (pixel resolution, 8x the latent).
+            driving_map: ``(B, F, 3, H, W)`` in ``[0, 1]``, what the Pose Encoder adds to the noised latent
+                (pixel resolution, 8x the latent): the body movement map, or the skeleton maps of the
+                video-driven and multimodal modes (``Conditions.driving_map``).
             audio_tokens: ``(B, F, K, D)`` from :meth:`encode_audio` (stage 2).
             hand_clarity: ``(B, F, 2)`` left/right hand clarity scores (finite; the value of an
                 absent hand is ignored) (stage 2).
@@ -408,8 +502,8 @@ class CyberHost(nn.Module):
         b, f = noisy_latents.shape[:2]
         _check_flags(b, drop_reference=drop_reference, drop_audio=drop_audio)
         x = noisy_latents.flatten(0, 1)  # (BF, 4, h, w)
-        if movement_map is not None:
-            x = x + self.pose_encoder(movement_map.flatten(0, 1).to(x.dtype))
+        if driving_map is not None:
+            x = x + self.pose_encoder(driving_map.flatten(0, 1).to(x.dtype))
         emb = time_embedding(self.unet, timesteps.expand(b)).repeat_interleave(f, 0)  # (BF, D)
         if hand_clarity is not None and self.config.stage == 2:
             if hand_clarity_valid is not None and hand_clarity_valid.shape != hand_clarity.shape:
@@ -458,7 +552,7 @@ class CyberHost(nn.Module):
     def denoiser(
         self,
         reference: ReferenceFeatures,
-        movement_map: Tensor | None = None,
+        driving_map: Tensor | None = None,
         audio_tokens: Tensor | None = None,
         hand_clarity: Tensor | None = None,
         hand_clarity_valid: Tensor | None = None,
@@ -472,7 +566,7 @@ class CyberHost(nn.Module):
 
         def denoise(x: Tensor, t: Tensor, use_reference: bool, use_audio: bool) -> Tensor:
             everyone = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-            return self(x, t, reference, movement_map, audio_tokens, hand_clarity, hand_clarity_valid,
+            return self(x, t, reference, driving_map, audio_tokens, hand_clarity, hand_clarity_valid,
                         drop_reference=None if use_reference else everyone,
                         drop_audio=None if use_audio else everyone).sample
 

@@ -15,8 +15,11 @@ and become pixels (NaN = absent, as :mod:`cyberhost.diffusion.targets` expects) 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,12 +29,14 @@ import torch
 from torch import Tensor, nn
 from torch.distributed.fsdp import fully_shard
 
+from cyberhost import weights
 from cyberhost.data.conditions import Conditions
 from cyberhost.data.transforms import to_maps, to_unit
 from cyberhost.diffusion import LossConfig, NoiseSchedule, SamplerConfig, ScheduleConfig, cyberhost_losses
 from cyberhost.models import CyberHost, CyberHostConfig, CyberHostOutput
 from cyberhost.models.blocks import CompileConfig, compile_regions
 from cyberhost.models.conditioning import network_inputs
+from cyberhost.models.cyberhost import Part, part_of
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +78,12 @@ class OptimConfig:
 class ParamGroups:
     """Which parameters train: regexes over parameter names (``re.search``), e.g. ``"^unet\\."``.
 
-    The patterns choose among the parameters the network lets train: the pretrained VAE, wav2vec2
-    and ArcFace, the reference net's unused tail, and in stage 2 with ``model.stage2_trainable:
-    added`` the stage-1 parts, always stay frozen. ``conf/stage1.yaml`` and ``conf/stage2.yaml``
-    list the groups of each stage; a pattern that matches no parameter is an error (a typo).
+    What trains by default comes from the network's part declaration
+    (:func:`cyberhost.models.cyberhost.network_parts`): every part but the frozen pretrained ones
+    (VAE, wav2vec2, ArcFace) and the reference net's unused tail; in stage 2 with
+    ``model.stage2_trainable: added`` only the parts stage 2 adds. The patterns here can only
+    narrow that set (e.g. freeze one part for an experiment); a pattern that matches no parameter
+    is an error (a typo). The table printed at start lists every part with its group and counts.
 
     Attributes:
         trainable: patterns of the parameters to train; None = every parameter the network lets train.
@@ -180,6 +187,26 @@ def to_pixels(batch: dict[str, Tensor], size: tuple[int, int]) -> dict[str, Tens
             "hand_boxes": batch["hand_boxes"].float() * scale}
 
 
+_BUILD_ON_META: ContextVar[bool] = ContextVar("cyberhost_build_on_meta", default=False)
+
+
+@contextlib.contextmanager
+def build_on_meta(enabled: bool = True) -> Iterator[None]:
+    """Modules created inside build their network on the meta device and load no weights yet.
+
+    :meth:`CyberHostModule.configure_model` then shards it (FSDP2), materialises it on the
+    strategy's device and loads the pretrained folders and the starting checkpoint
+    (:func:`cyberhost.weights.load_network`), so no rank builds the whole network on the host.
+    The CLI uses it for FSDP2 runs (``conf/trainer/fsdp.yaml``); a module built under
+    ``torch.device("meta")`` defers the same way.
+    """
+    token = _BUILD_ON_META.set(enabled)
+    try:
+        yield
+    finally:
+        _BUILD_ON_META.reset(token)
+
+
 class CyberHostModule(L.LightningModule):
     """Shared training logic; use :class:`~cyberhost.training.stages.Stage1Module` or ``Stage2Module``.
 
@@ -227,7 +254,9 @@ class CyberHostModule(L.LightningModule):
         self.schedule_config, self.sampler_config = schedule or ScheduleConfig(), sampler or SamplerConfig()
         self.schedule = NoiseSchedule(self.schedule_config)
         self.seed = seed
-        self.model = CyberHost(model)
+        self._deferred = _BUILD_ON_META.get() or torch.get_default_device().type == "meta"
+        with torch.device("meta") if self._deferred else contextlib.nullcontext():
+            self.model = CyberHost(model)  # reads no file: weights come from load_weights
         self._apply_param_groups()
         if gradient_checkpointing:
             self.model.enable_gradient_checkpointing(gradient_checkpointing)
@@ -239,6 +268,22 @@ class CyberHostModule(L.LightningModule):
         self.ema: dict[str, Tensor] | None = None
         self._bad_steps = 0
         self.clarity_seen = ValueReservoir(seed=seed)
+        if not self._deferred:
+            self.load_weights()
+
+    # ---------------------------------------------------------------- weights
+    def initial_checkpoint(self) -> tuple[str | None, str, Callable[[Part], bool] | None]:
+        """``(path or None, its config key, which parts it may lack)``: what the stage starts from (stage hook)."""
+        return None, "checkpoint", None
+
+    def load_weights(self, device: torch.device | str = "cpu") -> weights.LoadPlan:
+        """The pretrained folders the config names, then :meth:`initial_checkpoint` over them.
+
+        A network built on the meta device is materialised on ``device`` first; under FSDP2 this is
+        collective (rank 0 reads the files, each rank keeps its shards: :mod:`cyberhost.weights.network`).
+        """
+        path, what, allow = self.initial_checkpoint()
+        return weights.load_network(self.model, path, what=what, allow_missing=allow, device=device, seed=self.seed)
 
     # ---------------------------------------------------------------- parameters
     def _apply_param_groups(self) -> None:
@@ -269,18 +314,20 @@ class CyberHostModule(L.LightningModule):
             raise ValueError("no trainable parameters: check model.params.trainable / frozen patterns")
 
     def param_table(self) -> str:
-        """Trainable/frozen parameter counts per top-level part of the network."""
+        """Trainable/frozen parameter counts per declared part of the network, with its group."""
         rows: dict[str, list[int]] = {}
+        groups: dict[str, str] = {}
         for name, p in self.model.named_parameters():
-            part = name.split(".")[0]
-            row = rows.setdefault(part, [0, 0])
+            part = part_of(self.model.parts, name)
+            row = rows.setdefault(part.name, [0, 0])
+            groups[part.name] = part.group
             row[0 if p.requires_grad else 1] += p.numel()
         lines = [f"trainable patterns: {self.params.trainable}; frozen patterns: {self.params.frozen}",
-                 f"{'part':<20} {'trainable':>14} {'frozen':>14}"]
+                 f"{'part':<20} {'group':<11} {'trainable':>14} {'frozen':>14}"]
         for part, (t, f) in rows.items():
-            lines.append(f"{part:<20} {t:>14,} {f:>14,}")
+            lines.append(f"{part:<20} {groups[part]:<11} {t:>14,} {f:>14,}")
         tt, ff = sum(r[0] for r in rows.values()), sum(r[1] for r in rows.values())
-        lines.append(f"{'total':<20} {tt:>14,} {ff:>14,}")
+        lines.append(f"{'total':<32} {tt:>14,} {ff:>14,}")
         return "\n".join(lines)
 
     def on_fit_start(self) -> None:
@@ -292,7 +339,7 @@ class CyberHostModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Cast the frozen weights to bf16 when ``frozen_bf16`` (after stage-1 weights were loaded)."""
         if self.frozen_bf16 and not getattr(self, "_frozen_cast", False):
-            precision = str(getattr(self._trainer, "precision", "bf16-mixed")) if self._trainer is not None else "bf16-mixed"
+            precision = "bf16-mixed" if self._trainer is None else str(self._trainer.precision)  # no trainer: caller's autocast
             if "16" not in precision:
                 raise ValueError(f"frozen_bf16 needs mixed precision (trainer.precision: bf16-mixed), got {precision!r}: "
                                  "bf16 weights cannot meet float32 activations outside autocast")
@@ -309,19 +356,27 @@ class CyberHostModule(L.LightningModule):
         wav2vec2, ArcFace) stay unsharded; the few parameters owned directly by the root (the text
         context tokens) stay replicated and their gradients are averaged in
         :meth:`on_before_optimizer_step`.
+
+        A network built on the meta device (:func:`build_on_meta`, what the CLI does for FSDP2) is
+        sharded while still empty, then materialised on the strategy's device and loaded
+        (:meth:`load_weights`): each rank allocates only its shards (plus the replicated frozen
+        parts), never the whole network.
         """
         mesh = self.device_mesh
-        if mesh is None or getattr(self, "_sharded", False):
-            return
-        if self.frozen_bf16:
-            raise ValueError("frozen_bf16 is not supported with FSDP2 (a sharded unit needs one parameter dtype); "
-                             "set model.init_args.frozen_bf16: false")
-        if self.optim.ema_decay is not None:
-            raise ValueError("optim.ema_decay is not supported with FSDP2 (ModelParallelStrategy); set it to null")
-        dp = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
-        for unit in fsdp_units(self.model):
-            fully_shard(unit, mesh=dp)
-        self._sharded = True
+        if mesh is not None and not getattr(self, "_sharded", False):
+            if self.frozen_bf16:
+                raise ValueError("frozen_bf16 is not supported with FSDP2 (a sharded unit needs one parameter dtype); "
+                                 "set model.init_args.frozen_bf16: false")
+            if self.optim.ema_decay is not None:
+                raise ValueError("optim.ema_decay is not supported with FSDP2 (ModelParallelStrategy); set it to null")
+            dp = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
+            for unit in fsdp_units(self.model):
+                fully_shard(unit, mesh=dp)
+            self._sharded = True
+        if self._deferred:
+            self._deferred = False
+            device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+            self.load_weights(device)
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW over the trainable parameters, linear warm-up then constant.
@@ -365,9 +420,20 @@ class CyberHostModule(L.LightningModule):
                 "reference": self.model.encode_images(to_unit(batch["reference"])),
             }
             if "motion" in batch and batch["motion"].shape[1] > 0:
-                m = batch["motion"].shape[1]
-                out["motion"] = self.model.encode_images(to_unit(batch["motion"].flatten(0, 1))).unflatten(0, (b, m))
+                out["motion"] = self._motion_latents(batch["motion"], batch.get("motion_from_reference"), out["reference"])
         return out
+
+    def _motion_latents(self, motion: Tensor, from_reference: Tensor | None, reference: Tensor) -> Tensor:
+        """``(B, M, 4, h, w)`` latents of the motion frames; a sample whose motion frames are its reference
+        repeated (``motion_from_reference``) reuses the reference latent instead of encoding M copies of it."""
+        b, m = motion.shape[:2]
+        if from_reference is None or not bool(from_reference.any()):
+            return self.model.encode_images(to_unit(motion.flatten(0, 1))).unflatten(0, (b, m))
+        latents = reference[:, None].expand(-1, m, -1, -1, -1).clone()
+        own = ~from_reference.to(torch.bool)
+        if bool(own.any()):
+            latents[own] = self.model.encode_images(to_unit(motion[own].flatten(0, 1))).unflatten(0, (int(own.sum()), m))
+        return latents
 
     def _generator(self, offset: int = 0) -> torch.Generator:
         rank = self.global_rank if self._trainer is not None else 0
@@ -566,4 +632,4 @@ class CyberHostModule(L.LightningModule):
         }  # fmt: skip
 
 
-__all__ = ["CyberHostModule", "OptimConfig", "ParamGroups", "to_maps", "to_pixels", "to_unit"]
+__all__ = ["CyberHostModule", "OptimConfig", "ParamGroups", "build_on_meta", "to_maps", "to_pixels", "to_unit"]

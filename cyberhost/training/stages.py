@@ -9,11 +9,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from cyberhost import weights
 from cyberhost.data.schema import HANDS
 from cyberhost.diffusion import (
     LossConfig,
@@ -24,7 +25,7 @@ from cyberhost.diffusion import (
 )
 from cyberhost.models import CyberHostConfig, CyberHostOutput
 from cyberhost.models.blocks import CompileConfig
-from cyberhost.training.checkpoints import load_network_weights
+from cyberhost.models.cyberhost import Part
 from cyberhost.training.module import CyberHostModule, OptimConfig, ParamGroups, to_pixels
 
 RANDOM_STAGE1 = "random"
@@ -33,6 +34,11 @@ RANDOM_STAGE1 = "random"
 
 def _latent_size(size: tuple[int, int]) -> tuple[int, int]:
     return size[0] // 8, size[1] // 8
+
+
+def not_in_stage1(part: Part) -> bool:
+    """Parts a stage-1 checkpoint may lack: what stage 2 adds, and frozen pretrained parts (an export leaves them out)."""
+    return part.stage == 2 or not part.trained
 
 
 class Stage1Module(CyberHostModule):
@@ -82,31 +88,28 @@ class Stage2Module(CyberHostModule):
         compile: CompileConfig | None = None,
         frozen_bf16: bool = False,
     ) -> None:
-        super().__init__(model or CyberHostConfig(stage=2), optim, params, schedule, loss, sampler,
-                         gradient_checkpointing, seed, channels_last, compile, frozen_bf16)
-        self.stage1_checkpoint = stage1_checkpoint
-        if stage1_checkpoint != RANDOM_STAGE1:
-            self.load_stage1(stage1_checkpoint)
+        model = model or CyberHostConfig(stage=2)  # recorded as a hyper-parameter: generate reads it
+        self.stage1_checkpoint = stage1_checkpoint  # before the base builds and loads (initial_checkpoint reads it)
+        super().__init__(model, optim, params, schedule, loss, sampler, gradient_checkpointing, seed, channels_last,
+                         compile, frozen_bf16)
 
-    def load_stage1(self, path: str) -> None:
-        """Load stage-1 weights; frozen pretrained parts absent from an export keep their current values.
+    def initial_checkpoint(self) -> tuple[str | None, str, Callable[[Part], bool] | None]:
+        """The stage-1 weights (none for ``"random"``); what stage 2 adds and the frozen parts may be absent."""
+        path = None if self.stage1_checkpoint == RANDOM_STAGE1 else self.stage1_checkpoint
+        return path, "model.init_args.stage1_checkpoint", not_in_stage1
+
+    def load_stage1(self, path: str) -> weights.LoadPlan:
+        """Load stage-1 weights (pretrained folders first, for what the file lacks); the rest keeps its values.
 
         Raises:
             FileNotFoundError: the file is missing (naming ``model.stage1_checkpoint``).
             ValueError: the file is not a stage-1 checkpoint of this network size (names the keys).
         """
-        state = load_network_weights(path, "model.init_args.stage1_checkpoint")
-        current = self.model.state_dict()
-        frozen = {n for m in self.model.frozen_modules() for n, _ in _named(self.model, m)}
-        merged = {k: v for k, v in current.items() if k in frozen}
-        merged.update(state)
-        shapes = [k for k, v in merged.items() if k in current and current[k].shape != v.shape]
-        if shapes:
-            raise ValueError(f"stage1_checkpoint {path}: shapes differ for {shapes[:5]} (another model.size?)")
         try:
-            self.model.load_stage1(merged)
-        except ValueError as err:
-            raise ValueError(f"stage1_checkpoint {path}: {err}") from err
+            return weights.load_network(self.model, path, what="model.init_args.stage1_checkpoint",
+                                        allow_missing=not_in_stage1, seed=self.seed)
+        except weights.WeightsMismatchError as err:
+            raise ValueError(f"stage1_checkpoint {path}: {err} (another model.size or stage?)") from err
 
     def loss_targets(self, batch: dict[str, Tensor], out: CyberHostOutput, size: tuple[int, int]) -> dict[str, Any]:
         """Region mask M, hand heatmaps and face/hand box masks at the largest RCA resolution."""
@@ -126,9 +129,3 @@ class Stage2Module(CyberHostModule):
             targets["hand_masks"] = out.hand_masks
             targets["hand_box_mask"] = box_masks(px["hand_boxes"], batch["hand_boxes_valid"], size, tuple(hw))
         return targets
-
-
-def _named(root: torch.nn.Module, part: torch.nn.Module) -> list[tuple[str, Tensor]]:
-    """State-dict entries of ``part`` with names relative to ``root``."""
-    prefix = next(n for n, m in root.named_modules() if m is part)
-    return [(f"{prefix}.{k}", v) for k, v in part.state_dict().items()]

@@ -1,4 +1,10 @@
-"""Write small test videos with PyAV: chosen frames, timestamps, rotation, audio, container."""
+"""Write small test videos with PyAV: chosen frames, timestamps, rotation, audio, container.
+
+These are the odd inputs data prep must survive (variable frame rate, display rotation, audio
+that starts before the video, other codecs and containers, audio-only files), which the
+project's own writer, :class:`cyberhost.media.VideoWriter`, never makes; written here with PyAV
+directly, they are also made independently of the code under test.
+"""
 
 from __future__ import annotations
 

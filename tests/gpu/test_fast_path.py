@@ -14,6 +14,8 @@ import torch
 
 from cyberhost.models.blocks import CompileConfig
 
+from ..models.conftest import wake_zero_inits
+
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
 
@@ -27,21 +29,15 @@ def _module(fast: bool):
     module = Stage2Module(RANDOM_STAGE1, model=cfg,
                           gradient_checkpointing=[r"^unet\.up_blocks\.\d\.resnets"] if fast else False,
                           compile=CompileConfig(enabled=fast), frozen_bf16=fast)
-    with torch.no_grad():  # wake the zero-initialised additions so that their gradients are not trivially equal
-        g = torch.Generator().manual_seed(7)
-        for p in module.model.parameters():
-            if p.requires_grad and p.numel() > 1 and not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    wake_zero_inits(module.model)  # the zero-initialised additions: their gradients must not be trivially equal
     module.setup("fit")
     return module.to(CUDA).train()
 
 
-def _batch(tmp_path) -> dict[str, torch.Tensor]:
-    from benchmarks.synthetic import write_shards
+def _batch(shards) -> dict[str, torch.Tensor]:
     from cyberhost.data.datamodule import Stage2DataModule
     from cyberhost.data.transforms import TransformConfig
 
-    shards = write_shards(tmp_path, num_clips=2, num_frames=24, size=(96, 80), clips_per_shard=2)
     dm = Stage2DataModule(str(shards), batch_size=1, num_workers=0, samples_per_epoch=4, val_batches=0,
                           transform=TransformConfig(num_frames=8, num_motion=4, min_gap=2))
     dm.setup("fit")
@@ -61,8 +57,8 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
 
 
-def test_fast_path_matches_plain_loss_and_gradients(tmp_path) -> None:
-    batch = _batch(tmp_path)
+def test_fast_path_matches_plain_loss_and_gradients(shards) -> None:
+    batch = _batch(shards)
     plain, fast = _module(False), _module(True)
     want_loss, want = _step(plain, batch)
     for _ in range(2):  # the second call runs the compiled graphs without compiling

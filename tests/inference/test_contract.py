@@ -137,3 +137,16 @@ def test_bad_transform_settings_fail_early() -> None:
         TransformConfig(p_drop_audio=1.5)
     with pytest.raises(ValueError, match="crop_focus"):
         dataclasses.replace(TransformConfig(), crop_focus="hands")
+
+
+
+def test_a_nan_condition_is_refused_by_name() -> None:
+    """NaN stops at the shard: a condition holding one (an absent value without its mask) is refused."""
+    from benchmarks.synthetic import make_clip
+
+    tcfg = TransformConfig(num_frames=4, num_motion=2, fps=FPS)
+    good = Conditions.from_batch(make_stage2_sample(encode_clip(make_clip("figure-0000", num_frames=8)), SIZE, tcfg, None))
+    check_conditions(good)
+    bad = dataclasses.replace(good, hand_clarity=torch.full_like(good.hand_clarity, float("nan")))
+    with pytest.raises(ValueError, match="'hand_clarity' holds NaN"):
+        check_conditions(bad)

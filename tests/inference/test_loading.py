@@ -95,6 +95,21 @@ def test_settings_come_from_the_checkpoint_record(ema_run: dict, kind: str) -> N
     assert settings.schedule == ScheduleConfig()
 
 
+def test_hand_made_checkpoints_have_the_layout_training_writes(ema_run: dict, tiny_ckpt) -> None:
+    """The ``tiny_ckpt`` / ``save_lightning_ckpt`` files other generation tests load are laid out like a real run's."""
+    real = torch.load(ema_run["ckpt"], map_location="cpu", weights_only=False)
+    made = torch.load(tiny_ckpt[0], map_location="cpu", weights_only=False)
+    assert made.keys() <= real.keys(), sorted(made.keys() - real.keys())
+    assert made["state_dict"].keys() == real["state_dict"].keys()  # "model." + the network's own names
+    for name, tensor in made["state_dict"].items():
+        assert tensor.shape == real["state_dict"][name].shape, name
+    assert type(made["hyper_parameters"]["model"]) is type(real["hyper_parameters"]["model"])
+    assert made["hyper_parameters"]["model"].keys() <= real["hyper_parameters"]["model"].keys()
+    assert made["conditions"].keys() <= real["conditions"].keys()
+    for part in ("transform", "buckets"):
+        assert made["conditions"][part].keys() <= real["conditions"][part].keys(), part
+
+
 def test_training_yaml_overrides_the_record(ema_run: dict, tmp_path: Path) -> None:
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text("data:\n  init_args:\n    transform:\n      num_frames: 6\n")

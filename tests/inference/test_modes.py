@@ -30,11 +30,11 @@ def _box(ref) -> np.ndarray:  # noqa: ANN001
     return ref.conditions.driving_map[0].permute(1, 2, 0).numpy()
 
 
-def _capture_movement(model) -> list[torch.Tensor]:
+def _capture_driving_map(model) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
 
     def hook(_module, args, kwargs):
-        seen.append(kwargs["movement_map"].clone())  # forward(noisy, t, reference=..., movement_map=..., ...)
+        seen.append(kwargs["driving_map"].clone())  # forward(noisy, t, reference=..., driving_map=..., ...)
 
     model.register_forward_pre_hook(hook, with_kwargs=True)
     return seen
@@ -50,13 +50,13 @@ def test_video_mode_feeds_the_driving_skeleton(photo, photo_keypoints) -> None:
     model = build_model()
     settings = settings_for(model, "video")
     clip, backend = _driving(photo, photo_keypoints)
-    seen = _capture_movement(model)
+    seen = _capture_driving_map(model)
     audio = np.zeros(round(0.4 * 16_000), np.float32)  # 10 frames, one segment
     generate_video(model, photo, audio, None, settings=settings, config=GenerateConfig(mode="video", steps=1),
                    backend=backend, driving=(clip["frames"], 25.0), progress=False)
-    movement = seen[0][0]  # (F, 3, H, W) in [0, 1], as training feeds it
+    driving = seen[0][0]  # (F, 3, H, W) in [0, 1], as training feeds it
     assert all(torch.equal(m, seen[0]) for m in seen)  # the same maps at every step and CFG branch
-    images = (movement * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    images = (driving * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     ref = prepare_reference(photo, backend, settings_for(model).transform, settings.buckets)
     box = _box(ref)
     assert not np.array_equal(images[0], box)
@@ -92,7 +92,7 @@ def test_multimodal_draws_driving_hands_over_the_box(photo, photo_keypoints) -> 
     model = build_model()
     settings = settings_for(model, "multimodal")
     clip, backend = _driving(photo, photo_keypoints)
-    seen = _capture_movement(model)
+    seen = _capture_driving_map(model)
     generate_video(model, photo, np.zeros(round(0.4 * 16_000), np.float32), None, settings=settings,
                    config=GenerateConfig(mode="multimodal", steps=1), backend=backend,
                    driving=(clip["frames"], 25.0), progress=False)
@@ -192,7 +192,7 @@ def test_streamed_driving_video_equals_whole_video(tmp_path, photo, photo_keypoi
     expected = _whole_video_maps(path, ref, backend, settings.transform, 25.0, 18, mode)  # (18, 3, H, W)
     assert not torch.equal(expected[0], expected[8])  # the figure moves, so the comparison can fail
     monkeypatch.setattr(media_video, "read_video", lambda *a, **k: pytest.fail("the driving video was read whole"))
-    seen = _capture_movement(model)
+    seen = _capture_driving_map(model)
     generate_video(model, photo, audio, None, settings=settings, config=GenerateConfig(mode=mode, steps=1),
                    backend=backend, driving=path, progress=False)
     per_segment = [seen[0], seen[-1]]  # one sampling step: the first and the last call are segments 1 and 2

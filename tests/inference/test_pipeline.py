@@ -78,12 +78,12 @@ def test_batched_cfg_equals_three_calls(photo, photo_keypoints) -> None:
     ref = model.encode_reference(torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 3, 64, 64, generator=g),
                                  torch.randn(1, 4, 4, 8, 8, generator=g), torch.randn(1, 3, 64, 64, generator=g),
                                  torch.randn(1, 2, 3, 128, 128, generator=g))
-    movement = torch.randn(1, 3, 3, 64, 64, generator=g)
+    driving_map = torch.randn(1, 3, 3, 64, 64, generator=g)
     tokens = model.encode_audio(torch.randn(1, 16000 * 3 // 25, generator=g), 3)
     clarity = torch.full((1, 3, 2), 30.0)
     x, t = torch.randn(1, 3, 4, 8, 8, generator=g), torch.tensor([500])
-    plain = model.denoiser(ref, movement, tokens, clarity)
-    inputs = {"reference": ref, "movement_map": movement, "audio_tokens": tokens, "hand_clarity": clarity,
+    plain = model.denoiser(ref, driving_map, tokens, clarity)
+    inputs = {"reference": ref, "driving_map": driving_map, "audio_tokens": tokens, "hand_clarity": clarity,
               "hand_clarity_valid": torch.ones(1, 3, 2, dtype=torch.bool)}
     batched = guided_denoiser(model, inputs, batched=True)
     with torch.no_grad():

@@ -102,7 +102,7 @@ def test_generation_conditions_match_training(photo: np.ndarray, photo_keypoints
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6, msg=name)
     assert 0 <= float(infer.ref["ref_skeleton"].min()) and float(infer.ref["ref_skeleton"].max()) <= 1
     assert float(infer.ref["face"].min()) < 0  # an image in [-1, 1], not a map in [0, 1]
-    torch.testing.assert_close(infer.fwd["movement_map"], train.fwd["movement_map"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(infer.fwd["driving_map"], train.fwd["driving_map"], rtol=0, atol=1e-6)
     torch.testing.assert_close(infer.fwd["audio_tokens"], train.fwd["audio_tokens"], rtol=1e-5, atol=1e-5)
     seen, measured = infer.fwd["hand_clarity"], train.fwd["hand_clarity"]
     present = train.fwd["hand_clarity_valid"]

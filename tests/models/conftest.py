@@ -8,6 +8,8 @@ from torch import nn
 
 from cyberhost.models import CyberHost, CyberHostConfig
 
+pytest.register_assert_rewrite("tests.models.contract")  # the shared contract's asserts report their values
+
 LATENT = 8  # tiny latents are 8x8 (64x64 frames)
 
 
@@ -24,7 +26,7 @@ def inputs(stage: int, batch: int = 2, frames: int = 3, motion: int = 2, seed: i
         "ref_skeleton": torch.randn(batch, 3, 8 * LATENT, 8 * LATENT, generator=g),
         "noisy": torch.randn(batch, f, 4, LATENT, LATENT, generator=g),
         "t": torch.randint(0, 1000, (batch,), generator=g),
-        "movement": torch.randn(batch, f, 3, 8 * LATENT, 8 * LATENT, generator=g),
+        "driving_map": torch.randn(batch, f, 3, 8 * LATENT, 8 * LATENT, generator=g),
     }
     if stage == 2:
         d["motion"] = torch.randn(batch, motion, 4, LATENT, LATENT, generator=g)
@@ -43,7 +45,7 @@ def run(model: CyberHost, x: dict[str, torch.Tensor], **kwargs: object):
     ref = model.encode_reference(x["ref_latents"], x["ref_skeleton"], x.get("motion"), x.get("face"), x.get("hands"),
                                  face_valid=x.get("face_valid"), hand_valid=x.get("hand_valid"))
     audio = model.encode_audio(x["audio"], x["noisy"].shape[1]) if "audio" in x else None
-    out = model(x["noisy"], x["t"], ref, x["movement"], audio, x.get("clarity"), x.get("clarity_valid"), **kwargs)
+    out = model(x["noisy"], x["t"], ref, x["driving_map"], audio, x.get("clarity"), x.get("clarity_valid"), **kwargs)
     return out, ref
 
 
@@ -54,8 +56,3 @@ def wake_zero_inits(model: nn.Module, std: float = 0.05, seed: int = 7) -> None:
         for p in model.parameters():
             if p.requires_grad and p.numel() > 1 and not p.any():
                 p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
-@pytest.fixture
-def stage2() -> CyberHost:
-    return build(2)

@@ -1,4 +1,5 @@
-"""Shared contract of the CyberHost network (STYLE.md #15) on the tiny size."""
+"""Behaviour of the whole CyberHost network on the tiny size (its shared contract -- shapes, seeds, one
+optimiser step, checkpointing, bf16, batch independence -- runs in ``test_contract.py``)."""
 
 from __future__ import annotations
 
@@ -10,25 +11,6 @@ from cyberhost.models import CyberHost
 from cyberhost.models.unet import run_unet, time_embedding
 
 from .conftest import LATENT, build, inputs, run, wake_zero_inits
-
-
-def test_shapes_stage1_and_stage2() -> None:
-    out, ref = run(build(1), inputs(1))
-    assert out.sample.shape == (2, 1, 4, LATENT, LATENT)
-    assert out.face_masks == [] and out.heatmaps == [] and ref.motion is None
-    out, ref = run(build(2), inputs(2))
-    assert out.sample.shape == (2, 3, 4, LATENT, LATENT)
-    assert len(out.face_masks) == 1 and len(out.hand_masks) == 2
-    assert [h.shape for h in out.heatmaps] == [(2, 3, 42, LATENT, LATENT)] * 2
-    assert out.face_masks[0].shape == (2, 3, 1, LATENT, LATENT)
-    assert ref.face_id.shape == (2, 2, 32) and ref.hand_id.shape == (2, 32, 32)
-    assert all(v.shape[:2] == (2, 2) for v in ref.motion.values())
-
-
-def test_deterministic_under_seed() -> None:
-    a, _ = run(build(2, seed=3), inputs(2))
-    b, _ = run(build(2, seed=3), inputs(2))
-    assert torch.equal(a.sample, b.sample) and torch.equal(a.heatmaps[0], b.heatmaps[0])
 
 
 def test_run_unet_matches_diffusers_forward() -> None:
@@ -55,61 +37,13 @@ def test_stage2_at_init_reproduces_stage1_per_frame() -> None:
     ref = s1.encode_reference(x["ref_latents"], x["ref_skeleton"])
     b, f = x["noisy"].shape[:2]
     per_frame = s1(x["noisy"].flatten(0, 1)[:, None], x["t"].repeat_interleave(f), _repeat(ref, f),
-                   x1["movement"].flatten(0, 1)[:, None])
+                   x1["driving_map"].flatten(0, 1)[:, None])
     torch.testing.assert_close(out2.sample, per_frame.sample.view(b, f, 4, LATENT, LATENT), rtol=0, atol=1e-5)
 
 
 def _repeat(ref, f):
     ref.spatial = {k: v.repeat_interleave(f, 0) for k, v in ref.spatial.items()}
     return ref
-
-
-def test_optimizer_step_changes_trainable_not_frozen() -> None:
-    model = build(2)
-    wake_zero_inits(model)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.1)
-    out, _ = run(model, inputs(2))
-    (out.sample.square().mean() + sum(h.mean() for h in out.heatmaps) + out.face_masks[0].mean()).backward()
-    opt.step()
-    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert not changed & frozen
-    for prefix in ("vae.", "audio.wav2vec2.", "reference_net.", "pose_encoder.", "ref_pose_encoder."):
-        assert any(n.startswith(prefix) for n in frozen), prefix  # stage2_trainable="added"
-    for part in ("motion_modules", "motion_layers.", "audio_layers.", "audio.proj.", "face_rca.", "hand_rca.",
-                 "heatmap_heads.", "clarity.", "hand_encoder.", "face_encoder.", "face_proj."):
-        assert any(part in n for n in changed), part
-    assert not any("unet.down_blocks.0.resnets" in n for n in changed)
-
-
-def test_gradient_checkpointing_same_loss_and_grads() -> None:
-    def loss_and_grads(ckpt: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        model = build(2, stage2_trainable="all")
-        wake_zero_inits(model)
-        model.train()
-        if ckpt:
-            model.enable_gradient_checkpointing()
-        out, _ = run(model, inputs(2))
-        loss = out.sample.square().mean() + out.heatmaps[-1].square().mean()
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    loss_a, grads_a = loss_and_grads(False)
-    loss_b, grads_b = loss_and_grads(True)
-    torch.testing.assert_close(loss_a, loss_b)
-    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 100
-    for name in grads_a:
-        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
-
-
-def test_bf16_autocast_runs() -> None:
-    model = build(2)
-    wake_zero_inits(model)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = run(model, inputs(2))
-    assert out.sample.dtype == torch.bfloat16 and torch.isfinite(out.sample.float()).all()
-    out.sample.float().mean().backward()
 
 
 def test_reference_dropout_removes_reference() -> None:
@@ -140,14 +74,14 @@ def test_frame_output_ignores_audio_of_other_frames() -> None:
     x = inputs(2, frames=4)
     ref = model.encode_reference(x["ref_latents"], x["ref_skeleton"], x["motion"], x["face"], x["hands"])
     tokens = model.encode_audio(x["audio"], 4).detach().requires_grad_(True)
-    out = model(x["noisy"], x["t"], ref, x["movement"], tokens, x["clarity"])
+    out = model(x["noisy"], x["t"], ref, x["driving_map"], tokens, x["clarity"])
     out.sample[:, 1].sum().backward()
     per_frame = tokens.grad.abs().flatten(2).amax(-1)  # (B, F)
     assert (per_frame[:, 1] > 0).all() and per_frame[:, [0, 2, 3]].max() == 0
     # dropping the audio of sample 0 removes its influence entirely
     tokens.grad = None
     ref = model.encode_reference(x["ref_latents"], x["ref_skeleton"], x["motion"], x["face"], x["hands"])
-    out = model(x["noisy"], x["t"], ref, x["movement"], tokens, x["clarity"], drop_audio=torch.tensor([True, False]))
+    out = model(x["noisy"], x["t"], ref, x["driving_map"], tokens, x["clarity"], drop_audio=torch.tensor([True, False]))
     out.sample.sum().backward()
     assert tokens.grad[0].abs().max() == 0 and tokens.grad[1].abs().max() > 0
 
@@ -163,35 +97,6 @@ def test_run_unet_matches_diffusers_motion_forward() -> None:
     want = model.unet(x.unflatten(0, (b, f)).transpose(1, 2), t, ctx).sample  # (B, C, F, h, w)
     got = run_unet(model.unet, x, time_embedding(model.unet, t).repeat_interleave(f, 0), ctx, num_frames=f)
     torch.testing.assert_close(got, want.transpose(1, 2).flatten(0, 1), rtol=0, atol=1e-5)
-
-
-def test_stage1_optimizer_step_changes_trainable_not_frozen() -> None:
-    model = build(1)
-    wake_zero_inits(model)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.1)
-    out, _ = run(model, inputs(1))
-    out.sample.square().mean().backward()
-    opt.step()
-    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert not changed & frozen and any(n.startswith("vae.") for n in frozen)
-    for prefix in ("unet.", "reference_net.", "pose_encoder.", "ref_pose_encoder.", "text_context"):
-        assert any(n.startswith(prefix) for n in changed), prefix
-
-
-@pytest.mark.parametrize("stage", [1, 2])
-def test_every_trainable_parameter_gets_a_gradient(stage: int) -> None:
-    """What DDP needs to run without ``find_unused_parameters``: no trainable weight is left out."""
-    model = build(stage)
-    wake_zero_inits(model)
-    out, _ = run(model, inputs(stage))
-    loss = out.sample.square().mean()
-    for extra in (*out.heatmaps, *out.face_masks, *out.hand_masks):
-        loss = loss + extra.square().mean()
-    loss.backward()
-    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not unused, unused[:10]
 
 
 def test_drop_none_equals_no_drop_flags() -> None:
@@ -294,3 +199,18 @@ def test_drop_and_validity_flags_are_checked() -> None:
     with torch.no_grad():
         out, _ = run(model, {**x, "clarity_valid": valid})
     assert torch.isfinite(out.sample).all()
+
+
+@pytest.mark.parametrize("trainable", ["stage1", "added", "all"])
+def test_declared_trainable_split(trainable: str) -> None:
+    """Which parameters CyberHost itself leaves trainable (the split the contract's optimiser step runs on)."""
+    from tests.training.test_params import REFERENCE_TAIL, STAGE2_ADDED
+
+    model = build(1) if trainable == "stage1" else build(2, stage2_trainable=trainable)
+    for name, p in model.named_parameters():
+        pretrained = name.startswith(("vae.", "audio.wav2vec2."))
+        if trainable == "added":
+            want = not pretrained and any(part in name for part in STAGE2_ADDED)
+        else:
+            want = not pretrained and not name.startswith(REFERENCE_TAIL)
+        assert p.requires_grad == want, name

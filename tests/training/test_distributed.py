@@ -62,3 +62,35 @@ def test_ddp_mid_epoch_resume_gives_each_rank_its_batches(tmp_path: Path) -> Non
         want = json.loads((full / f"batches_rank{rank}.json").read_text())
         got = json.loads((part / f"batches_rank{rank}.json").read_text())
         assert len(want) == 6 and got == want, rank
+
+
+def test_fsdp2_builds_on_meta_and_each_rank_fills_its_shards(tmp_path: Path) -> None:
+    """The FSDP2 start-up path: meta build, shard, materialise (drawn once, split), stage-1 weights broadcast from rank 0."""
+    from safetensors.torch import save_file
+
+    from cyberhost.models import CyberHost, CyberHostConfig
+
+    torch.manual_seed(0)
+    stage1 = CyberHost(CyberHostConfig(size="tiny", stage=1)).state_dict()
+    path = tmp_path / "stage1.safetensors"
+    save_file({k: v.contiguous() for k, v in stage1.items() if not k.startswith("vae.")}, str(path))  # as an export
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "tests.training.fsdp_weights", str(path), str(tmp_path / "out")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "rank0.json").read_text())
+    assert report["built_on_meta"] and report["loaded_equal"] and report["loaded"] > 300 and report["finite"]
+    assert report["halves_differ"] and report["zero_outputs"]
+    assert all(n < 0.75 * report["total"] for n in report["local"])  # each rank holds about half (+ frozen parts)
+    from safetensors.torch import load_file
+
+    from cyberhost.training.module import build_on_meta
+    from cyberhost.training.stages import Stage2Module
+
+    with build_on_meta():  # the same start in one process: the values do not depend on the number of ranks
+        alone = Stage2Module(str(path), model=CyberHostConfig(size="tiny", stage=2, stage2_trainable="all"))
+    alone.configure_model()
+    gathered, want = load_file(str(tmp_path / "out" / "full.safetensors")), alone.model.state_dict()
+    assert gathered.keys() == want.keys()
+    assert [k for k in want if not torch.equal(gathered[k], want[k])] == []

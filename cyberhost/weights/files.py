@@ -1,4 +1,4 @@
-"""Our checkpoint files, read and written without Lightning: one room for training and ``generate``.
+"""Our checkpoint files, read and written without Lightning (part of the weights room, :mod:`cyberhost.weights`).
 
 Three kinds of file hold a CyberHost network (DESIGN.md, "Weights"):
 
