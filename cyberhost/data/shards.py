@@ -5,13 +5,14 @@ One WebDataset sample is one clip of :mod:`cyberhost.data.schema`. Its tar membe
 array field except the frames, and the frames as either one JPEG per frame
 (``<key>.f0000.jpg``, ``<key>.f0001.jpg``, ...) or one H.264 segment (``<key>.frames.mp4``).
 
-Commit protocol (what makes a run resumable and a kill harmless): a writer fills
-``<name>.tar.tmp``, then renames it to ``<name>.tar`` and afterwards writes the *commit record*
-``<name>.json`` (also via a temporary name) listing the tar and the report entry of every input
-whose clips it holds. An input is finished exactly when a commit record names it; a tar without
-a record is an orphan of a killed run, never read and removed by :func:`remove_uncommitted`.
-An input never spans two shards. Shard names carry the shard index, the worker number and a hash
-of their first input, so writers on many machines and processes never collide.
+Commit protocol (what makes a run resumable and a kill harmless): a writer fills a temporary
+``open-<shard>-<worker>-<pid>.tar.tmp``, then renames it to ``<name>.tar`` and afterwards writes the
+*commit record* ``<name>.json`` (also via a temporary name; both through :mod:`cyberhost.media.files`)
+listing the tar and the report entry of every input whose clips it holds. An input is finished
+exactly when a commit record names it; a tar without a record is an orphan of a killed run, never
+read and removed by :func:`remove_uncommitted`. An input never spans two shards. Shard names carry
+the shard index, the worker number and a hash of their first input, so writers on many machines
+and processes never collide.
 """
 
 from __future__ import annotations
