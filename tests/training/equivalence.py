@@ -53,12 +53,21 @@ def strategy(overlay: str) -> Any:
 
 
 def build(stage: int) -> L.LightningModule:
-    """The tiny module of ``stage`` (stage 2: every parameter trainable), random init from seed 0."""
+    """The tiny module of ``stage`` (stage 2: every parameter trainable), random init from seed 0.
+
+    Zero-initialised tensors (output projections of the added attention layers, biases) get small
+    random values, so that every trainable tensor is in a path with a non-zero gradient: behind a
+    zero projection half of stage 2's tensors would not move in one step and could not be compared.
+    """
     torch.manual_seed(0)
     cfg = CyberHostConfig(size="tiny", stage=stage, stage2_trainable="all")
-    if stage == 1:
-        return Stage1Module(model=cfg, optim=OPTIM)
-    return Stage2Module(RANDOM_STAGE1, model=cfg, optim=OPTIM)
+    module = Stage1Module(model=cfg, optim=OPTIM) if stage == 1 else Stage2Module(RANDOM_STAGE1, model=cfg, optim=OPTIM)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in module.model.parameters():
+            if p.requires_grad and not p.any():
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+    return module
 
 
 def trainable(module: L.LightningModule) -> dict[str, torch.Tensor]:

@@ -2,8 +2,9 @@
 
 What makes it hold, and what this checks:
 
-* the same start: every process builds the tiny module from seed 0 (``equivalence.py`` checks each
-  rank against rank 0's weights; FSDP2 shards those weights);
+* the same start: every process builds the tiny module from seed 0, zero-initialised tensors filled
+  so that every tensor gets a gradient (``equivalence.py`` checks each rank against rank 0's
+  weights; FSDP2 shards those weights);
 * the same data: rank ``r`` takes half ``r`` of the one process's batch, in order;
 * the same draws: timesteps, noise and the heatmap gate's coin are drawn per sample, seeded by its
   index in the global batch (:meth:`CyberHostModule.sample_draws`), not by rank;
@@ -18,8 +19,10 @@ the gradient rather than its sign. Tolerance: per tensor, the change of the para
 by at most ``1e-4`` of that tensor's largest change plus 4 float32 spacings of its largest weight
 (the change is added to the weight in float32, so its rounding is that of the weight). What is
 left in float32 on the CPU -- another batch per convolution/matmul call, another summation order
-over the batch -- stayed below ``1e-5`` of the change (most tensors came out bit-identical); a lost
-or doubled all-reduce, other noise or another half of the batch change the step by O(1).
+over the batch -- stayed below a quarter of this tolerance (most tensors came out bit-identical); a
+lost or doubled all-reduce, other noise or another half of the batch change the step by O(1) (with
+noise seeded by rank, as before ``sample_draws``, the losses already differ). Stage 1 takes about
+50 s on 2 CPU cores; stage 2 (another 60 s) is marked slow.
 """
 
 from __future__ import annotations
@@ -85,7 +88,9 @@ def _check(stage: int, batch_size: int, shards: Path, tmp_path: Path) -> None:
     want_before, want_after = load_file(str(tmp_path / "alone" / "before.safetensors")), \
         load_file(str(tmp_path / "alone" / "after.safetensors"))
     moved = sum(int(not torch.equal(want_before[k], v)) for k, v in want_after.items())
-    assert moved > 0.75 * len(want_after), "the step should move most trainable tensors (some sit behind zero-init layers)"
+    print(f"stage {stage}: the step moved {moved} of {len(want_after)} trainable tensors")
+    # what stays: cross-attention queries and keys over the one text-context token (a softmax over one key is 1)
+    assert moved > 0.9 * len(want_after), "the step should move nearly every trainable tensor"
     for overlay in ("ddp.yaml", "fsdp.yaml"):
         report = _step(stage, overlay, batch, tmp_path / overlay, 2)
         assert report["same_start"] and report["world"] == 2 and report["global_step"] == 1
