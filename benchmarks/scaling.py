@@ -26,7 +26,7 @@ paper's stage 2 does. Data loading is left out on purpose: each rank repeats one
 the real DataModule from synthetic clips of its bucket (``benchmarks.train`` measures the loader),
 so the numbers are compute and communication. Scaling efficiency at ``N`` GPUs is
 ``samples/s(N) / (N * samples/s(1))``, computed by ``--summarize`` from reports of the same
-stage, size and strategy.
+stage and size (one rank runs on Lightning's single device, the baseline of both strategies).
 """
 
 from __future__ import annotations
@@ -204,7 +204,8 @@ def report(args: argparse.Namespace, ranks: list[dict[str, Any]], buckets: list[
     fwd = [statistics.median(r["forward_s"]) for r in ranks if r["forward_s"]]
     mem = [r["peak_mem_gib"] for r in ranks if r["peak_mem_gib"] is not None]
     return {
-        "stage": args.stage, "size": args.size, "strategy": args.strategy, "overlay": OVERLAYS[args.strategy],
+        "stage": args.stage, "size": args.size, "strategy": args.strategy,
+        "overlay": OVERLAYS[args.strategy] if world > 1 else None,  # 1 rank: Lightning's single device
         "world_size": world, "device": ranks[0]["device_name"], "batch_per_rank": batch, "frames_per_sample": frames,
         "stage2_trainable": args.trainable if args.stage == 2 else None, "gradient_checkpointing": args.gradient_checkpointing,
         "precision": args.precision, "steps_timed": steps, "warmup": args.warmup,
@@ -258,14 +259,18 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def summarize(paths: list[Path]) -> list[dict[str, Any]]:
-    """Rows of a scaling table: efficiency against the 1-rank report of the same stage/size/strategy, FSDP2 vs DDP."""
+    """Rows of a scaling table: efficiency against the 1-GPU report of the same stage/size, FSDP2 against DDP.
+
+    One rank runs on Lightning's single device whatever ``--strategy`` says, so any 1-rank report
+    of the stage and size is the baseline of both strategies.
+    """
     reports = [json.loads(p.read_text()) for p in paths]
-    key = lambda r: (r["stage"], r["size"], r["strategy"], r.get("stage2_trainable"))  # noqa: E731
+    key = lambda r: (r["stage"], r["size"], r.get("stage2_trainable"))  # noqa: E731
     one = {key(r): r["samples_per_s"] for r in reports if r["world_size"] == 1}
     ddp = {(r["stage"], r["size"], r.get("stage2_trainable"), r["world_size"]): r["samples_per_s"]
            for r in reports if r["strategy"] == "ddp"}
     rows = []
-    for r in sorted(reports, key=lambda r: (*key(r)[:3], r["world_size"])):
+    for r in sorted(reports, key=lambda r: (r["stage"], r["size"], r["strategy"], r["world_size"])):
         base = one.get(key(r))
         d = ddp.get((r["stage"], r["size"], r.get("stage2_trainable"), r["world_size"]))
         rows.append({
