@@ -15,7 +15,6 @@ of each rank, and whether every rank started from rank 0's weights.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
@@ -24,15 +23,13 @@ from typing import Any
 
 import lightning as L
 import torch
-import yaml
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
+from benchmarks.scaling import overlay_strategy
 from cyberhost.models import CyberHostConfig
 from cyberhost.training.module import OptimConfig
 from cyberhost.training.stages import RANDOM_STAGE1, Stage1Module, Stage2Module
-
-ROOT = Path(__file__).resolve().parents[2]
 
 OPTIM = OptimConfig(lr=100.0, eps=10.0, weight_decay=0.0)
 """AdamW's first step is ``lr * g / (|g| + eps)``: with the default eps that is ``lr * sign(g)``,
@@ -41,15 +38,6 @@ gradients near zero. With ``eps`` far above every gradient entry (the norm is cl
 is about ``lr * g / eps``, so the parameters carry the gradient itself; no weight decay, so the change
 is the gradient alone; a large ``lr`` so that even the smallest tensors' changes stand far above
 the float32 spacing of the weights they are added to (at ``lr = 1`` some were 1000 spacings)."""
-
-
-def strategy(overlay: str) -> Any:
-    """The ``trainer.strategy`` of an overlay in ``conf/trainer`` (``none``: Lightning's single device)."""
-    if overlay == "none":
-        return "auto"
-    spec = yaml.safe_load((ROOT / "conf" / "trainer" / overlay).read_text())["trainer"]["strategy"]
-    mod, _, name = spec["class_path"].rpartition(".")
-    return getattr(importlib.import_module(mod), name)(**spec.get("init_args", {}))
 
 
 def build(stage: int) -> L.LightningModule:
@@ -105,7 +93,7 @@ def main(stage: int, overlay: str, batch_file: str, out: str) -> None:
     module = build(stage)
     before = trainable(module)
     recorder = LossRecorder()
-    trainer = L.Trainer(accelerator="cpu", devices=world, strategy=strategy(overlay), precision="32-true",
+    trainer = L.Trainer(accelerator="cpu", devices=world, strategy=overlay_strategy(overlay), precision="32-true",
                         max_steps=1, gradient_clip_val=1.0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0, use_distributed_sampler=False, callbacks=[recorder])
