@@ -444,7 +444,9 @@ class CyberHostModule(L.LightningModule):
         rank's ``B`` is the same). So a sample's noise does not depend on how the global batch is
         split over ranks: 2 ranks with ``B/2`` each draw exactly what 1 process with ``B`` draws
         for the concatenated batch (tests/training/test_equivalence.py), a resumed run draws what
-        an uninterrupted one did, and samples of different ranks never share noise.
+        an uninterrupted one did, and samples of different ranks never share noise. (Gradient
+        accumulation, which no config uses, would give the micro-batches of one step the same
+        draws: the micro-batch number would have to join the seed.)
         """
         b = x0.shape[0]
         if generator is not None:
