@@ -9,8 +9,11 @@ single process). Rank 0 writes ``OUT/before.safetensors`` (the trainable weights
 ``OUT/after.safetensors`` (after, gathered in full under FSDP2) and ``OUT/report.json``: the loss
 of each rank, and whether every rank started from rank 0's weights.
 
-    python -m tests.training.equivalence STAGE OVERLAY|none BATCH.pt OUT
+    python -m tests.training.equivalence STAGE OVERLAY|none BATCH.pt OUT [cpu|gpu [PRECISION]]
     python -m torch.distributed.run --standalone --nproc_per_node 2 -m tests.training.equivalence ...
+
+On GPUs (``gpu``, one per rank) TF32 is switched off, so that ``32-true`` compares the
+data-parallel arithmetic and not TF32's rounding; ``bf16-mixed`` is the training precision.
 """
 
 from __future__ import annotations
@@ -83,8 +86,11 @@ class LossRecorder(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def main(stage: int, overlay: str, batch_file: str, out: str) -> None:
+def main(stage: int, overlay: str, batch_file: str, out: str, accelerator: str = "cpu",
+         precision: str = "32-true") -> None:
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if accelerator == "gpu":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     batch = torch.load(batch_file, weights_only=True)
     b = batch["target"].shape[0]
     if b % world:
@@ -93,7 +99,7 @@ def main(stage: int, overlay: str, batch_file: str, out: str) -> None:
     module = build(stage)
     before = trainable(module)
     recorder = LossRecorder()
-    trainer = L.Trainer(accelerator="cpu", devices=world, strategy=overlay_strategy(overlay), precision="32-true",
+    trainer = L.Trainer(accelerator=accelerator, devices=world, strategy=overlay_strategy(overlay), precision=precision,
                         max_steps=1, gradient_clip_val=1.0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0, use_distributed_sampler=False, callbacks=[recorder])
@@ -104,8 +110,11 @@ def main(stage: int, overlay: str, batch_file: str, out: str) -> None:
         import torch.distributed as dist
 
         reference = {k: v.clone() for k, v in before.items()}
-        for v in reference.values():
-            dist.broadcast(v, 0)
+        device = torch.device("cuda", torch.cuda.current_device()) if accelerator == "gpu" else torch.device("cpu")
+        for k, v in reference.items():  # NCCL broadcasts device tensors
+            on_device = v.to(device)
+            dist.broadcast(on_device, 0)
+            reference[k] = on_device.cpu()
         same_start = all(torch.equal(reference[k], before[k]) for k in before)
         starts, all_losses = [None] * world, [None] * world
         dist.all_gather_object(starts, same_start)
@@ -120,4 +129,4 @@ def main(stage: int, overlay: str, batch_file: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4])
+    main(int(sys.argv[1]), *sys.argv[2:])
