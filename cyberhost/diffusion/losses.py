@@ -79,10 +79,16 @@ def weighted_diffusion_loss(pred: Tensor, target: Tensor, region_mask: Tensor | 
     return ((1.0 + alpha * region_mask.float()) * err).mean()
 
 
-def heatmap_gate(timesteps: Tensor, max_t: int = 500, prob: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
-    """Per-sample {0, 1} gate of the heatmap loss: ``t < max_t`` and a coin with ``prob``."""
-    coin = torch.rand(timesteps.shape, generator=generator).to(timesteps.device) < prob
-    return ((timesteps < max_t) & coin).float()
+def heatmap_gate(timesteps: Tensor, max_t: int = 500, prob: float = 0.5, generator: torch.Generator | None = None,
+                 coin: Tensor | None = None) -> Tensor:
+    """Per-sample {0, 1} gate of the heatmap loss: ``t < max_t`` and a coin with ``prob``.
+
+    ``coin`` is the ``(B,)`` uniform draw in ``[0, 1)`` of the coin (drawn from ``generator`` when None).
+    """
+    if coin is None:
+        coin = torch.rand(timesteps.shape, generator=generator)
+    heads = coin.to(timesteps.device) < prob
+    return ((timesteps < max_t) & heads).float()
 
 
 def heatmap_loss(preds: list[Tensor], points: Tensor, valid: Tensor, image_size: tuple[int, int], gate: Tensor,
@@ -148,6 +154,7 @@ def cyberhost_losses(
     hand_masks: list[Tensor] | None = None,
     hand_box_mask: Tensor | None = None,
     generator: torch.Generator | None = None,
+    coin: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """All of CyberHost's terms; ``loss`` is their weighted sum, the rest are for logging.
 
@@ -166,6 +173,7 @@ def cyberhost_losses(
         hand_masks: per hand RCA mask logits.
         hand_box_mask: ``(B, F, 1, H', W')`` union of the hand boxes.
         generator: CPU generator of the heatmap gate's coin.
+        coin: ``(B,)`` uniform draws of the gate's coin (instead of drawing them from ``generator``).
 
     Returns:
         ``{"loss", "loss_diffusion", "loss_heatmap", "loss_mask"}`` scalars.
@@ -176,7 +184,7 @@ def cyberhost_losses(
     if heatmaps:
         if hand_keypoints is None or hand_keypoints_valid is None or image_size is None:
             raise ValueError("heatmaps need hand_keypoints, hand_keypoints_valid and image_size")
-        gate = heatmap_gate(timesteps, config.heatmap_max_t, config.heatmap_prob, generator)
+        gate = heatmap_gate(timesteps, config.heatmap_max_t, config.heatmap_prob, generator, coin)
         heat = heatmap_loss(heatmaps, hand_keypoints, hand_keypoints_valid, image_size, gate, config.heatmap_sigma)
     masks = zero
     if face_masks and face_box_mask is not None:

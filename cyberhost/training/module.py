@@ -220,7 +220,7 @@ class CyberHostModule(L.LightningModule):
         gradient_checkpointing: recompute activations in the backward pass (less memory): ``true``
             everywhere, ``false`` nowhere, or a list of block-name regexes to checkpoint only those
             blocks (:meth:`CyberHost.enable_gradient_checkpointing`, e.g. ``['^unet\\.up_blocks\\.3\\.']``).
-        seed: seed of timesteps and noise (per step: ``seed + global_step``, so a resumed run draws the same).
+        seed: seed of timesteps and noise (per step and sample: :meth:`sample_draws`, so a resumed run draws the same).
         channels_last: store conv weights (VAE, UNets, encoders) channels-last, the layout cuDNN's
             bf16 kernels prefer (see BENCHMARKS.md for what it buys on an H100).
         compile: regional ``torch.compile`` of the repeated blocks (:mod:`cyberhost.models.blocks`).
@@ -435,31 +435,53 @@ class CyberHostModule(L.LightningModule):
             latents[own] = self.model.encode_images(to_unit(motion[own].flatten(0, 1))).unflatten(0, (int(own.sum()), m))
         return latents
 
-    def _generator(self, offset: int = 0) -> torch.Generator:
+    def sample_draws(self, x0: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Timesteps ``(B,)``, noise (``x0``'s shape) and the heatmap gate's uniform coin ``(B,)`` of a batch.
+
+        With ``generator`` (validation) the batch is drawn from it in one go. In training each
+        sample draws from its own generator, seeded by ``(seed, global_step, global sample index)``
+        where the global index is ``rank * B + i`` (training batches are always full, so every
+        rank's ``B`` is the same). So a sample's noise does not depend on how the global batch is
+        split over ranks: 2 ranks with ``B/2`` each draw exactly what 1 process with ``B`` draws
+        for the concatenated batch (tests/training/test_equivalence.py), a resumed run draws what
+        an uninterrupted one did, and samples of different ranks never share noise. (Gradient
+        accumulation, which no config uses, would give the micro-batches of one step the same
+        draws: the micro-batch number would have to join the seed.)
+        """
+        b = x0.shape[0]
+        if generator is not None:
+            t = self.schedule.sample_timesteps(b, x0.device, generator=generator)
+            noise = torch.randn(x0.shape, generator=generator)
+            return t, noise.to(x0), torch.rand(b, generator=generator)
         rank = self.global_rank if self._trainer is not None else 0
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.global_step * 7919 + rank * 31 + offset)
+        ts, noises, coins = [], [], []
+        for i in range(b):
+            state = np.random.SeedSequence([self.seed, self.global_step, rank * b + i]).generate_state(2, np.uint32)
+            gen = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+            ts.append(self.schedule.sample_timesteps(1, generator=gen))
+            noises.append(torch.randn(x0.shape[1:], generator=gen))
+            coins.append(torch.rand(1, generator=gen))
+        return torch.cat(ts).to(x0.device), torch.stack(noises).to(x0), torch.cat(coins)
 
     def model_step(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """One diffusion training/validation step.
 
         Args:
             batch: a batch of the stage's DataModule.
-            generator: CPU generator of timesteps and noise (default: seeded by ``seed`` and the step).
+            generator: CPU generator of timesteps and noise (default: per sample, see :meth:`sample_draws`).
 
         Returns:
             The loss and the logged scalars (``loss``, ``loss_diffusion``, ``loss_heatmap``, ``loss_mask``).
         """
-        gen = generator or self._generator()
         size = tuple(batch["target"].shape[-2:])
         latents = self.encode(batch)
         x0 = latents["target"]
-        t = self.schedule.sample_timesteps(x0.shape[0], x0.device, generator=gen)
-        noise = torch.randn(x0.shape, generator=gen).to(x0)
+        t, noise, coin = self.sample_draws(x0, generator)
         noisy = self.schedule.add_noise(x0, noise, t)
         cond = self.conditions(batch, latents)
         out = self.model(noisy, t, **cond)
         terms = cyberhost_losses(out.sample, self.schedule.target(x0, noise, t), t, self.loss_config,
-                                 generator=gen, **self.loss_targets(batch, out, size))
+                                 coin=coin, **self.loss_targets(batch, out, size))
         loss = terms["loss"]
         if torch.is_grad_enabled() and self.model.state.reference_mode == "dropped":  # decided once by the forward
             loss = loss + 0.0 * _graph_anchor(cond["reference"])

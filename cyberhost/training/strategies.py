@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch import nn
+
+from cyberhost.training.checkpoints import checkpoint_safe_globals
 
 
 def unet_block_types() -> set[type[nn.Module]]:
@@ -60,3 +63,15 @@ class FSDP2Strategy(ModelParallelStrategy):
         if self._data_parallel_size == "auto":
             self._data_parallel_size = self.num_nodes * self.num_processes // int(self._tensor_parallel_size)
         super().setup_environment()
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's loading of a distributed-checkpoint folder, with our unpickling allowlist.
+
+        The folder's ``meta.pt`` pickles the hyper-parameters; Lightning reads it with
+        ``torch.load(weights_only=True)``. The CLI's are plain dicts, but a module built in Python
+        with our config dataclasses (``benchmarks/scaling.py --checkpoint-dir``, scripts) saves
+        those, which that load refused; the ``.ckpt`` files of DDP runs already load with this
+        allowlist (:class:`~cyberhost.training.checkpoints.AtomicCheckpointIO`).
+        """
+        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+            return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
