@@ -8,9 +8,11 @@ condition reaches the network through the normal data path.
 
 What each condition decides (and what nothing else in the sample reveals):
 
-* **reference** (stage 1): the torso colour and stripe direction are drawn per clip; the
-  target frame shows them, and among the conditions only the reference image does.
-* **pose-aligned reference** (stage 1, the reference skeleton): the arms (a per-clip angle) are
+* **reference** (stage 1): the background grey level, the torso colour and the stripe direction
+  are drawn per clip; the target frame shows them, and among the conditions only the reference
+  image does.
+* **pose-aligned reference** (stage 1, the reference skeleton): the arms (hanging or raised, at a
+  per-clip angle) are
   drawn in frame 1 and hidden in frame 0 of a two-frame clip; the keypoints, and so the skeleton
   map, always have them. A stage-1 pair is (0 -> 1) or (1 -> 0): when the reference image shows
   no arms the target shows them, and only the reference skeleton says where. (With the arms
@@ -20,7 +22,7 @@ What each condition decides (and what nothing else in the sample reveals):
   the map's box marks it. The probe measures it with the reference dropped, where the box is the
   only source of the position (with the reference kept, the reference shows it too).
 * **audio** (stage 2): each frame's loudness is one of 0, 0.5, 1 (independent per frame); the
-  mouth height of that frame follows it. Audio is noise times that envelope.
+  height of that frame's (wide) mouth box follows it. Audio is noise times that envelope.
 * **motion frames** (stage 2): the background grey level ramps linearly over the clip at a
   per-clip start and slope; the motion frames (the ``MOTION`` frames before the targets) give
   both, the reference one point at an unknown time.
@@ -70,12 +72,18 @@ STAGE1_FRAMES = 2
 """Stage-1 clips: frame 0 without arms, frame 1 with them."""
 LEFT_ELBOW, RIGHT_ELBOW = 7, 8
 SKIN = (225, 185, 150)
-ARM_LENGTH, ARM_WIDTH = 18.0, 6
-SMALL_HAND, LARGE_HAND = 2, 7
+ARM_LENGTH, ARM_WIDTH = 18.0, 8
+SMALL_HAND, LARGE_HAND = 2, 10
 """Hand radius (pixels) in the first ``MOTION`` frames and in the rest of a stage-2 clip."""
 STAGE1_HAND = 4
 ARM_ANGLES = (0.2, 1.8)
-"""Range of the arm angle from hanging straight down, radians."""
+"""Range of the arm angle from hanging straight down, radians (stage 2)."""
+STAGE1_ARM_ANGLES = ((0.2, 0.5), (1.4, 1.8))
+"""Stage 1: arms hanging or raised (one range at random, then uniform in it): the two poses differ over
+many latent pixels, so the reference skeleton's information is large."""
+MOUTH_TOP, MOUTH_HALF_WIDTH, MOUTH_HEIGHT = 16, 12, 14
+"""The mouth box (pixels): a wide dark box below the eyes that opens downwards to ``MOUTH_HEIGHT`` rows
+at full loudness (drawn over the neck: large on purpose, so the audio's effect is many latent pixels)."""
 
 
 @dataclass(frozen=True)
@@ -101,14 +109,15 @@ class Figure:
 
 def random_figure(rng: np.random.Generator, stage: int) -> Figure:
     """The latent variables of one clip."""
-    level, slope = (90.0, 0.0)
+    level, slope = float(rng.uniform(30, 225)), 0.0  # stage 1: only the reference shows the clip's level
     if stage == 2:
         level = float(rng.uniform(40, 215))
         slope = float(rng.choice([-1, 1]) * rng.uniform(7, 11))
         slope = slope if 10 <= level + slope * (MOTION + TARGETS - 1) <= 245 else -slope
+    arm_range = ARM_ANGLES if stage == 2 else STAGE1_ARM_ANGLES[int(rng.integers(2))]
     return Figure(
         cx=float(rng.uniform(30, 66)), torso=tuple(int(v) for v in rng.integers(30, 235, 3)),
-        stripes_vertical=bool(rng.integers(2)), arm_angle=float(rng.uniform(*ARM_ANGLES)),
+        stripes_vertical=bool(rng.integers(2)), arm_angle=float(rng.uniform(*arm_range)),
         hand=tuple(int(v) for v in rng.integers(30, 235, 3)), background=(level, slope),
     )  # fmt: skip
 
@@ -190,7 +199,8 @@ def draw(fig: Figure, kps: np.ndarray, frame: int, arms: bool, mouth: float, han
             _hand(img, kps[wr, :2], hand_radius, hand_colour, sharp[i])
     cv2.circle(img, (round(cx), 14), 10, SKIN, -1)
     if mouth > 0:
-        img[17 : 17 + round(7 * mouth), round(cx - 6) : round(cx + 6)] = (60, 10, 10)
+        rows = round(MOUTH_HEIGHT * mouth)
+        img[MOUTH_TOP : MOUTH_TOP + rows, round(cx - MOUTH_HALF_WIDTH) : round(cx + MOUTH_HALF_WIDTH)] = (60, 10, 10)
     return img
 
 

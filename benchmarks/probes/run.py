@@ -155,6 +155,9 @@ class Settings:
         jobs: (network, seed) jobs run at once in their own processes (see :func:`run`).
         prediction_type: what the probe networks predict (see the module docstring; the overfit
             test uses the schedule's default, epsilon, as training does by default).
+        max_train_seconds: wall-clock cap on each job's training (0: none): a job stops at its
+            steps or at the cap, whichever comes first, and records the steps it did. It time-boxes
+            the GPU run; a capped network has trained less, which its gaps then show.
     """
 
     size: str = "tiny"
@@ -170,13 +173,22 @@ class Settings:
     workers: int = 0
     jobs: int = 2
     prediction_type: str = "v_prediction"
+    max_train_seconds: float = 0.0
 
 
 PRESETS = {
     "tiny": Settings(),
-    "wide": Settings(size="wide", steps=(1500, 1000, 1000), batch=(8, 8, 8), train_clips=1024, eval_clips=32,
-                     draws=4, overfit_steps=600, sample_steps=25, workers=4),
+    # one H200 in <= 8 minutes: 10 jobs (3 networks x 3 seeds + overfit), 5 at once (two rounds), each
+    # capped at 150 s of training; 5 jobs x (1 + 2 loader workers) fill the host's 16 cores
+    "wide": Settings(size="wide", steps=(3000, 2000, 2000), batch=(8, 8, 8), train_clips=1024, eval_clips=32,
+                     draws=4, overfit_steps=1500, sample_steps=25, workers=2, jobs=5, max_train_seconds=150.0),
 }
+
+
+SMOKE = dict(steps=(3, 3, 3), batch=(2, 2, 2), train_clips=8, eval_clips=4, eval_batch=2, draws=1, overfit_steps=3,
+             sample_steps=2, workers=0)
+"""``--smoke``: what a preset keeps of itself to check that a command runs end to end (its size, device,
+jobs and logs), in a minute on a CPU. Its gaps mean nothing."""
 
 
 def register_wide() -> None:
@@ -249,13 +261,22 @@ def latent_std(module: CyberHostModule, batch: dict[str, Tensor]) -> float:
 # ============================================================================ training and the gap
 
 
-def train(module: CyberHostModule, loader: Any, steps: int, device: str, seed: int, writer: Any, tag: str) -> float:
-    """Plain AdamW loop over ``model_step``; returns the mean loss of the last 20 steps."""
+def train(module: CyberHostModule, loader: Any, steps: int, device: str, seed: int, writer: Any, tag: str,
+          max_seconds: float = 0.0) -> tuple[float, int]:
+    """Plain AdamW loop over ``model_step``.
+
+    Returns:
+        The mean loss of the last 20 steps and the steps done (fewer than ``steps`` when
+        ``max_seconds`` > 0 ran out first).
+    """
     opt = module.configure_optimizers()["optimizer"]
     params = [p for p in module.parameters() if p.requires_grad]
     module.train()
-    losses = []
+    losses: list[float] = []
+    stop = time.perf_counter() + max_seconds if max_seconds > 0 else math.inf
     for step, batch in zip(range(steps), loader, strict=False):
+        if step and time.perf_counter() > stop:
+            break
         loss, logs = module.model_step(to_device(batch, device), torch.Generator().manual_seed(seed * 100_003 + step))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -264,7 +285,7 @@ def train(module: CyberHostModule, loader: Any, steps: int, device: str, seed: i
         losses.append(float(logs["loss_diffusion"]))
         if writer is not None:
             writer.add_scalar(f"{tag}/train/loss_diffusion", losses[-1], step)
-    return float(np.mean(losses[-20:]))
+    return float(np.mean(losses[-20:])), len(losses)
 
 
 def altered(batch: dict[str, Tensor], probe: Probe) -> dict[str, Tensor]:
@@ -346,7 +367,7 @@ def probe_seed(net_name: str, seed: int, s: Settings, device: str, train_dir: Pa
     loader = iter(dm.train_dataloader())
     std = latent_std(module, to_device(next(loader), device))
     t1 = time.perf_counter()
-    final = train(module, loader, steps, device, seed, writer, f"{net.name}/seed{seed}")
+    final, done = train(module, loader, steps, device, seed, writer, f"{net.name}/seed{seed}", s.max_train_seconds)
     train_s = time.perf_counter() - t1
     batches = [to_device(b, device) for b in dm.val_dataloader()]
     result = gaps(module, batches, probes, s.draws)
@@ -354,10 +375,11 @@ def probe_seed(net_name: str, seed: int, s: Settings, device: str, train_dir: Pa
         for name, r in result.items():
             writer.add_scalar(f"{net.name}/rel_gap/{name}", r["rel_gap"], seed)
         writer.close()
-    print(f"{net.name} seed {seed}: latent std {std:.2f}, train loss {final:.4f}, {train_s / max(1, steps):.3f} s/step, "
+    print(f"{net.name} seed {seed}: latent std {std:.2f}, train loss {final:.4f}, {done} steps, {train_s / max(1, done):.3f} s/step, "
           f"{time.perf_counter() - t0:.0f} s; " + ", ".join(f"{n}: {r['rel_gap']:+.2%}" for n, r in result.items()),
           flush=True)
-    return {"network": net.name, "seed": seed, "train_loss": final, "latent_std": std, "train_seconds": train_s,
+    return {"network": net.name, "seed": seed, "train_loss": final, "latent_std": std, "steps_done": done,
+            "train_seconds": train_s,
             "seconds": time.perf_counter() - t0, "probes": result}
 
 
@@ -440,7 +462,8 @@ def overfit_and_sample(s: Settings, device: str, root: Path, tb_dir: Path | None
     tcfg = dataclasses.replace(transform(net), p_motion_reference=0.5)
     dm = datamodule(net, train_dir, train_dir, dataclasses.replace(s, eval_batch=1, eval_clips=1), 2, 0, tcfg)
     module = build_module(2, s, 0, device, ScheduleConfig().prediction_type)
-    final = train(module, iter(dm.train_dataloader()), s.overfit_steps, device, 0, writer, "overfit")
+    final, done = train(module, iter(dm.train_dataloader()), s.overfit_steps, device, 0, writer, "overfit",
+                        s.max_train_seconds)
     settings = InferenceSettings(model=module.model.config, transform=tcfg, schedule=module.schedule_config,
                                  buckets=buckets(), source="probe overfit run")
     reference = reference_from_keypoints(clip["frames"][0], clip["keypoints"][0], tcfg, clips.SIZE)
@@ -461,7 +484,7 @@ def overfit_and_sample(s: Settings, device: str, root: Path, tb_dir: Path | None
     mse = [float((a - truth).pow(2).mean()) for a in (sample, base)]
     t = clips.TARGETS
     seg = [float((sample[:, i * t : (i + 1) * t] - truth[:, i * t : (i + 1) * t]).pow(2).mean()) for i in range(2)]
-    out = {"train_steps": s.overfit_steps, "train_loss": final, "sample_steps": s.sample_steps,
+    out = {"train_steps": s.overfit_steps, "steps_done": done, "train_loss": final, "sample_steps": s.sample_steps,
            "mse_sampled": mse[0], "mse_baseline": mse[1], "mse_segments": seg,
            "margin_db": 10 * math.log10(mse[1] / mse[0]),
            "margin_db_segments": [10 * math.log10(mse[1] / m) for m in seg], "seconds": time.perf_counter() - t0}
@@ -496,8 +519,9 @@ def format_table(rows: list[dict[str, Any]], overfit: dict[str, Any] | None) -> 
 
 
 def run(device: str, size: str, seeds: int, out: Path, networks: tuple[str, ...] = tuple(NETWORKS),
-        overfit: bool = True, settings: Settings | None = None, jobs: int | None = None) -> dict[str, Any]:
-    """The whole suite; writes ``out/probes.json`` as results come in (TensorBoard logs under ``out/tb``).
+        overfit: bool = True, settings: Settings | None = None, jobs: int | None = None,
+        tensorboard: Path | None = None) -> dict[str, Any]:
+    """The whole suite; writes ``out/probes.json`` as results come in, TensorBoard logs to ``tensorboard``.
 
     Args:
         device: ``cpu`` or ``cuda``.
@@ -511,7 +535,10 @@ def run(device: str, size: str, seeds: int, out: Path, networks: tuple[str, ...]
             ``torch.get_num_threads() // jobs`` threads (1: all in this process). On a loaded
             2-core machine two 1-thread jobs are far faster than one 2-thread job (OpenMP's
             threads wait for each other when the cores are shared); on a GPU several jobs fill it.
+        tensorboard: TensorBoard folder (None: ``out/tb``): per job the training loss and the gaps,
+            and the final table as text.
     """
+    tb = out / "tb" if tensorboard is None else tensorboard
     if size == "wide":
         register_wide()
     s = settings or PRESETS[size]
@@ -547,10 +574,10 @@ def run(device: str, size: str, seeds: int, out: Path, networks: tuple[str, ...]
             net = NETWORKS[name]
             train_dir = clips.write_probe_shards(root / f"{name}/train", net.clips, s.train_clips, seed=0)
             held_dir = clips.write_probe_shards(root / f"{name}/held_out", net.clips, s.eval_clips, seed=100_000)
-            tasks += [(probe_seed, (name, seed, s, device, train_dir, held_dir, out / "tb" / f"{name}-seed{seed}",
+            tasks += [(probe_seed, (name, seed, s, device, train_dir, held_dir, tb / f"{name}-seed{seed}",
                                     threads)) for seed in range(seeds)]
         if overfit and s.overfit_steps:
-            tasks.append((overfit_and_sample, (s, device, root, out / "tb" / "overfit", threads)))
+            tasks.append((overfit_and_sample, (s, device, root, tb / "overfit", threads)))
         tasks.sort(key=lambda task: -_cost(task, s))  # longest first: the pool ends together
         if jobs <= 1:
             for fn, args in tasks:
@@ -572,7 +599,7 @@ def run(device: str, size: str, seeds: int, out: Path, networks: tuple[str, ...]
                         done.append(future.result())
                     save()
     save()
-    writer = _writer(out / "tb")
+    writer = _writer(tb)
     writer.add_text("probes/table", "    " + format_table(report["table"], over).replace("\n", "\n    "))
     writer.close()
     return report
@@ -600,16 +627,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overfit-steps", type=int, default=None, help="override the overfit test's steps (0: skip it)")
     p.add_argument("--no-overfit", action="store_true", help="skip the overfit-and-sample test")
     p.add_argument("--jobs", type=int, default=None, help="(network, seed) jobs at once, in processes (default: preset)")
+    p.add_argument("--tensorboard", type=Path, default=None, help="TensorBoard folder (default: OUT/tb)")
+    p.add_argument("--max-train-seconds", type=float, default=None,
+                   help="cap on each job's training time, seconds (default: preset; 0: none)")
+    p.add_argument("--smoke", action="store_true",
+                   help="a few steps and clips per job: checks that the command runs (its numbers mean nothing)")
     args = p.parse_args(argv)
     s = PRESETS[args.size]
+    if args.smoke:
+        s = dataclasses.replace(s, **SMOKE)
+    if args.max_train_seconds is not None:
+        s = dataclasses.replace(s, max_train_seconds=args.max_train_seconds)
     if args.steps:
         s = dataclasses.replace(s, steps=tuple(args.steps))
     if args.overfit_steps is not None:
         s = dataclasses.replace(s, overfit_steps=args.overfit_steps)
     report = run(args.device, args.size, args.seeds, args.out, tuple(args.networks), not args.no_overfit, s,
-                 args.jobs)
+                 args.jobs, args.tensorboard)
     print(format_table(report["table"], report["overfit"]))
     print(f"{report['seconds']:.0f} s on {args.device} ({torch.get_num_threads()} threads); wrote {args.out / 'probes.json'}")
+    if args.smoke:
+        print("smoke run: the command works end to end; its gaps and verdicts mean nothing")
+        return 0
     bad = [r for r in report["table"] if r["verdict"] == "FAIL"] + (
         [report["overfit"]] if report["overfit"] and report["overfit"]["verdict"] == "FAIL" else [])
     return 1 if bad else 0
