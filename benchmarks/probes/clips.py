@@ -21,8 +21,9 @@ What each condition decides (and what nothing else in the sample reveals):
 * **movement map** (stage 1): the body stands at a per-clip horizontal position (a small sway);
   the map's box marks it. The probe measures it with the reference dropped, where the box is the
   only source of the position (with the reference kept, the reference shows it too).
-* **audio** (stage 2): each frame's loudness is one of 0, 0.5, 1 (independent per frame); the
-  height of that frame's (wide) mouth box follows it. Audio is noise times that envelope.
+* **audio** (stage 2): each frame's sound is one of quiet noise, a 300 Hz tone, a 2400 Hz tone
+  (independent per frame); the height of that frame's (wide) mouth box follows it: closed, half
+  open, open (:func:`frame_sounds` says why the kind of sound, not its loudness).
 * **motion frames** (stage 2): the background grey level ramps linearly over the clip at a
   per-clip start and slope; the motion frames (the ``MOTION`` frames before the targets) give
   both, the reference one point at an unknown time.
@@ -81,9 +82,9 @@ ARM_ANGLES = (0.2, 1.8)
 STAGE1_ARM_ANGLES = ((0.2, 0.5), (1.4, 1.8))
 """Stage 1: arms hanging or raised (one range at random, then uniform in it): the two poses differ over
 many latent pixels, so the reference skeleton's information is large."""
-MOUTH_TOP, MOUTH_HALF_WIDTH, MOUTH_HEIGHT = 16, 12, 14
+MOUTH_TOP, MOUTH_HALF_WIDTH, MOUTH_HEIGHT = 16, 12, 10
 """The mouth box (pixels): a wide dark box below the eyes that opens downwards to ``MOUTH_HEIGHT`` rows
-at full loudness (drawn over the neck: large on purpose, so the audio's effect is many latent pixels)."""
+(inside the face box; large on purpose, so the audio's effect covers several latent pixels)."""
 
 
 @dataclass(frozen=True)
@@ -235,11 +236,26 @@ def stage1_clip(key: str, seed: int) -> dict[str, Any]:
     return _record(key, frames, kps, audio)
 
 
-def envelope_audio(env: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Noise whose loudness in each video frame is ``0.02 + env[frame]`` (16 kHz)."""
+SOUND_TONES = (None, 300.0, 2400.0)
+"""Sound of each mouth opening (0, half, full): quiet noise, a low tone, a high tone (Hz)."""
+
+
+def frame_sounds(levels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """16 kHz audio whose sound in video frame ``i`` is :data:`SOUND_TONES` ``[levels[i]]``.
+
+    The sound's *kind* rather than its loudness carries the level: wav2vec2 normalises the waveform
+    and each feature vector (layer norm per time step), so the loudness of white noise barely
+    survives it (a linear read-out of the tiny random wav2vec2's features recovered R^2 0.25 of a
+    noise envelope, 0.71 of these three sounds).
+    """
     per = round(AUDIO_SAMPLE_RATE / FPS)
-    gain = np.repeat(0.02 + env, per)
-    return (0.3 * gain * rng.standard_normal(len(gain))).astype(np.float32)
+    t = np.arange(per) / AUDIO_SAMPLE_RATE
+    parts = []
+    for level in levels:
+        tone = SOUND_TONES[int(level)]
+        wave = 0.05 * rng.standard_normal(per) if tone is None else 0.3 * np.sin(2 * np.pi * tone * t + rng.uniform(0, 2 * np.pi))
+        parts.append(wave + 0.01 * rng.standard_normal(per))
+    return np.concatenate(parts).astype(np.float32)
 
 
 def stage2_clip(key: str, seed: int, num_frames: int = MOTION + TARGETS, moving_arms: bool = False,
@@ -255,15 +271,16 @@ def stage2_clip(key: str, seed: int, num_frames: int = MOTION + TARGETS, moving_
     """
     rng = np.random.default_rng(seed)
     fig = random_figure(rng, 2)
-    env = rng.choice([0.0, 0.5, 1.0], num_frames)
+    levels = rng.integers(0, len(SOUND_TONES), num_frames)
+    mouth = levels / (len(SOUND_TONES) - 1)
     sharpness = rng.uniform(size=(num_frames, 2)) < 0.5 if sharp is None else np.full((num_frames, 2), sharp)
     radius = np.where(np.arange(num_frames) < MOTION, SMALL_HAND, LARGE_HAND)
     sway = rng.uniform(-1.0, 1.0, num_frames)
     angles = rng.uniform(*ARM_ANGLES, num_frames) if moving_arms else np.full(num_frames, fig.arm_angle)
     kps = np.stack([keypoints(fig, s, r, a) for s, r, a in zip(sway, radius, angles, strict=True)])
-    frames = np.stack([draw(fig, kps[i], i, True, env[i], int(radius[i]), tuple(sharpness[i]), fig.hand)
+    frames = np.stack([draw(fig, kps[i], i, True, mouth[i], int(radius[i]), tuple(sharpness[i]), fig.hand)
                        for i in range(num_frames)])
-    return _record(key, frames, kps, envelope_audio(env, rng))
+    return _record(key, frames, kps, frame_sounds(levels, rng))
 
 
 def write_clips(directory: str | Path, records: list[dict[str, Any]], clips_per_shard: int = 16) -> Path:

@@ -7,7 +7,8 @@ LightningModule ``model_step``. Then, on held-out clips, the diffusion loss with
 conditions is compared with the loss of the *same* batch, noise and timesteps with one condition
 shuffled across the batch, set to its dropped value, or shifted by one frame in time: the
 **gap**. A network that reads a condition has a gap clearly above zero; its spread over seeds is
-reported. An overfit-and-sample test then trains on one clip and generates it through
+reported. Local conditions (audio -> mouth, clarity and identity -> hands, reference skeleton ->
+arms and hands) are measured on the latent pixels of their region (``Probe.region``). An overfit-and-sample test then trains on one clip and generates it through
 ``cyberhost generate``'s own loop (:func:`cyberhost.inference.pipeline.generate_video`: the
 generation conditions, DDIM with two-scale guidance, motion-frame continuation); the sampled
 latents must be much closer to the clip's latents than the reference latent repeated (margin in dB).
@@ -21,7 +22,7 @@ test trains on all timesteps, since its sampler visits all of them. The tiny VAE
 ``scaling_factor`` is the registry's (calibrated to unit-variance latents, see
 :mod:`benchmarks.probes.calibrate`); each run records the latent std it saw.
 
-``python -m benchmarks.probes.run --device cpu|cuda --size tiny|wide --seeds 3 --out DIR``
+``python -m benchmarks.probes.run --device cpu|cuda --size tiny|wide --seeds 3 --out DIR [--tensorboard DIR]``
 """
 
 from __future__ import annotations
@@ -46,13 +47,14 @@ from cyberhost.data.buckets import BucketConfig
 from cyberhost.data.datamodule import Stage1DataModule, Stage2DataModule
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE
 from cyberhost.data.transforms import TransformConfig, to_unit
-from cyberhost.diffusion import ScheduleConfig
+from cyberhost.diffusion import LossConfig, ScheduleConfig
+from cyberhost.diffusion.targets import box_masks
 from cyberhost.inference.conditions import reference_from_keypoints
 from cyberhost.inference.loading import InferenceSettings
 from cyberhost.inference.pipeline import GenerateConfig, generate_video
 from cyberhost.models import CyberHostConfig
 from cyberhost.models.config import SIZES
-from cyberhost.training.module import CyberHostModule, OptimConfig
+from cyberhost.training.module import CyberHostModule, OptimConfig, to_pixels
 from cyberhost.training.stages import RANDOM_STAGE1, Stage1Module, Stage2Module
 
 # ============================================================================ THE condition table
@@ -97,6 +99,10 @@ class Probe:
         delay: per-frame batch keys shifted one frame later within each sample (cyclically; the
             audio by one frame's samples): does each frame read *its own* value?
         context: batch keys set in both the true and the altered batch (e.g. reference dropped).
+        region: where the condition acts, if it is local (:data:`REGIONS`): the gap is then
+            measured on the latent pixels of that region of the target frames (the whole-frame gap
+            is reported too). A mouth or a hand covers a few of the 96 latent pixels, so its
+            whole-frame gap is diluted ~10x by pixels the condition cannot change.
     """
 
     name: str
@@ -105,6 +111,7 @@ class Probe:
     drop: dict[str, Any] = field(default_factory=dict)
     delay: tuple[str, ...] = ()
     context: dict[str, Any] = field(default_factory=dict)
+    region: str = ""
 
     @property
     def stage(self) -> int:
@@ -115,20 +122,24 @@ class Probe:
 PROBES: tuple[Probe, ...] = (
     Probe("reference", "stage1", shuffle=("reference",)),
     Probe("reference (dropped)", "stage1", drop={"drop_reference": True}),
-    Probe("pose-aligned reference", "stage1", shuffle=("reference_skeleton",)),
+    Probe("pose-aligned reference", "stage1", shuffle=("reference_skeleton",), region="hands"),
     Probe("movement map | reference dropped", "stage1", shuffle=("driving_map",), context={"drop_reference": True}),
     Probe("movement map", "stage1", shuffle=("driving_map",)),
-    Probe("audio", "stage2", shuffle=("audio",)),
-    Probe("audio (dropped)", "stage2", drop={"drop_audio": True}),
-    Probe("audio (1 frame late)", "stage2", delay=("audio",)),
+    Probe("audio", "stage2", shuffle=("audio",), region="face"),
+    Probe("audio (dropped)", "stage2", drop={"drop_audio": True}, region="face"),
+    Probe("audio (1 frame late)", "stage2", delay=("audio",), region="face"),
     Probe("motion frames", "stage2", shuffle=("motion", "motion_from_reference")),
-    Probe("hand clarity", "stage2", shuffle=("hand_clarity", "hand_clarity_valid")),
-    Probe("hand clarity (1 frame late)", "stage2", delay=("hand_clarity", "hand_clarity_valid")),
-    Probe("identity crops", "stage2", shuffle=("face_crop", "face_crop_valid", "hand_crops", "hand_crops_valid")),
+    Probe("hand clarity", "stage2", shuffle=("hand_clarity", "hand_clarity_valid"), region="hands"),
+    Probe("hand clarity (1 frame late)", "stage2", delay=("hand_clarity", "hand_clarity_valid"), region="hands"),
+    Probe("identity crops", "stage2", shuffle=("face_crop", "face_crop_valid", "hand_crops", "hand_crops_valid"),
+          region="hands"),
     Probe("skeleton maps (video mode)", "stage2-video", shuffle=("driving_map",)),
     Probe("skeleton maps (1 frame late)", "stage2-video", delay=("driving_map",)),
 )
 """Condition -> how to take it away. ``loss_diffusion`` is compared (the heatmap/mask terms read targets)."""
+
+REGIONS = {"face": ("face_box", "face_box_valid"), "hands": ("hand_boxes", "hand_boxes_valid")}
+"""Probe region -> the batch's boxes of the target frames and their validity (the union of the boxes)."""
 
 # ============================================================================ settings
 
@@ -155,6 +166,7 @@ class Settings:
         jobs: (network, seed) jobs run at once in their own processes (see :func:`run`).
         prediction_type: what the probe networks predict (see the module docstring; the overfit
             test uses the schedule's default, epsilon, as training does by default).
+        alpha: the face/hand reweighting of the diffusion loss (Eq. 6's alpha) the networks train with.
         max_train_seconds: wall-clock cap on each job's training (0: none): a job stops at its
             steps or at the cap, whichever comes first, and records the steps it did. It time-boxes
             the GPU run; a capped network has trained less, which its gaps then show.
@@ -174,6 +186,7 @@ class Settings:
     jobs: int = 2
     prediction_type: str = "v_prediction"
     max_train_seconds: float = 0.0
+    alpha: float = LossConfig().alpha
 
 
 PRESETS = {
@@ -234,8 +247,9 @@ def build_module(stage: int, s: Settings, seed: int, device: str, prediction_typ
     cfg = CyberHostConfig(size=s.size, stage=stage, stage2_trainable="all")
     optim = OptimConfig(lr=s.lr, weight_decay=0.0)
     schedule = ScheduleConfig(prediction_type=prediction_type or s.prediction_type)
-    module = Stage1Module(model=cfg, optim=optim, schedule=schedule, seed=seed) if stage == 1 else Stage2Module(
-        RANDOM_STAGE1, model=cfg, optim=optim, schedule=schedule, seed=seed)
+    loss = LossConfig(alpha=s.alpha)
+    module = Stage1Module(model=cfg, optim=optim, schedule=schedule, loss=loss, seed=seed) if stage == 1 else (
+        Stage2Module(RANDOM_STAGE1, model=cfg, optim=optim, schedule=schedule, loss=loss, seed=seed))
     return module.to(device)
 
 
@@ -309,31 +323,85 @@ def with_context(batch: dict[str, Tensor], probe: Probe) -> dict[str, Tensor]:
     return out
 
 
+def region_mask(batch: dict[str, Tensor], region: str, latent_size: tuple[int, int]) -> Tensor:
+    """``(B, F, 1, h, w)`` {0, 1} mask of a :data:`REGIONS` region of the target frames at latent resolution.
+
+    The batch's boxes are in crop-normalised coordinates; :func:`to_pixels` turns them into the
+    target's pixels, as the stages' region losses do.
+    """
+    size = tuple(batch["target"].shape[-2:])
+    key, valid_key = REGIONS[region]
+    boxes, valid = to_pixels(batch, size)[key], batch[valid_key]
+    if boxes.dim() == 3:  # one box per frame (face): (B, F, 4) -> (B, F, 1, 4)
+        boxes, valid = boxes[:, :, None], valid[:, :, None]
+    return box_masks(boxes, valid, size, latent_size)
+
+
+@torch.no_grad()
+def step_errors(module: CyberHostModule, batch: dict[str, Tensor], seed: int) -> tuple[float, Tensor]:
+    """``model_step``'s ``loss_diffusion`` and its squared errors ``(B, F, C, h, w)`` (prediction vs regression target).
+
+    The errors are read off the step itself: the network's output and the target that
+    ``model_step`` computes (``schedule.target``), recorded while it runs.
+    """
+    seen: dict[str, Tensor] = {}
+    target_fn = module.schedule.target
+
+    def target(*args: Any, **kwargs: Any) -> Tensor:
+        seen["target"] = target_fn(*args, **kwargs)
+        return seen["target"]
+
+    def hook(_mod: Any, _args: Any, output: Any) -> None:
+        seen["pred"] = output.sample
+
+    module.schedule.target = target
+    handle = module.model.register_forward_hook(hook)
+    try:
+        logs = module.model_step(batch, torch.Generator().manual_seed(seed))[1]
+    finally:
+        handle.remove()
+        del module.schedule.target  # the instance attribute; the class method shows again
+    return float(logs["loss_diffusion"]), (seen["pred"].float() - seen["target"].float()) ** 2
+
+
 @torch.no_grad()
 def gaps(module: CyberHostModule, batches: list[dict[str, Tensor]], probes: list[Probe], draws: int) -> dict[str, Any]:
-    """Held-out ``loss_diffusion`` with the true conditions and each probe's gap (same noise and timesteps)."""
-    module.eval()
-    true: dict[str, list[float]] = {p.name: [] for p in probes}
-    alt: dict[str, list[float]] = {p.name: [] for p in probes}
+    """Held-out losses with the true conditions and each probe's gap (same noise and timesteps).
 
-    def loss(batch: dict[str, Tensor], seed: int) -> float:
-        return float(module.model_step(batch, torch.Generator().manual_seed(seed))[1]["loss_diffusion"])
+    Per probe: ``loss_diffusion`` true and altered and their gap (``gap``, ``rel_gap``); for a
+    probe with a region also the mean squared error inside it (``region_*``). ``rel_gap_used`` is
+    the region's relative gap where there is one, else the whole frame's: what the verdict reads.
+    """
+    module.eval()
+    rows: dict[str, list[tuple[float, float, float, float]]] = {p.name: [] for p in probes}
+
+    def losses(batch: dict[str, Tensor], seed: int, p: Probe) -> tuple[float, float]:
+        whole, err = step_errors(module, batch, seed)
+        if not p.region:
+            return whole, whole
+        mask = region_mask(batch, p.region, tuple(err.shape[-2:])).expand_as(err)
+        return whole, float((err * mask).sum() / mask.sum().clamp_min(1))
 
     for i, batch in enumerate(batches):
         for d in range(draws):
             seed, cache = 10_000 + 97 * i + d, {}
             for p in probes:
                 base = with_context(batch, p)
-                ctx = tuple(sorted(p.context.items()))
-                if ctx not in cache:  # one true loss per context
-                    cache[ctx] = loss(base, seed)
-                true[p.name].append(cache[ctx])
-                alt[p.name].append(loss(altered(base, p), seed))
+                key = (tuple(sorted(p.context.items())), p.region)
+                if key not in cache:  # one true loss per context and region
+                    cache[key] = losses(base, seed, p)
+                rows[p.name].append((*cache[key], *losses(altered(base, p), seed, p)))
     out = {}
     for p in probes:
-        t, a = np.array(true[p.name]), np.array(alt[p.name])
-        out[p.name] = {"loss_true": float(t.mean()), "loss_altered": float(a.mean()), "gap": float((a - t).mean()),
-                       "rel_gap": float((a - t).mean() / t.mean())}
+        t, tr, a, ar = np.array(rows[p.name]).T
+        r = {"loss_true": float(t.mean()), "loss_altered": float(a.mean()), "gap": float((a - t).mean()),
+             "rel_gap": float((a - t).mean() / t.mean())}
+        if p.region:
+            r.update(region=p.region, region_loss_true=float(tr.mean()), region_loss_altered=float(ar.mean()),
+                     region_gap=float((ar - tr).mean()), region_rel_gap=float((ar - tr).mean() / tr.mean()))
+        r["rel_gap_used"] = r["region_rel_gap"] if p.region else r["rel_gap"]
+        r["gap_used"] = r["region_gap"] if p.region else r["gap"]
+        out[p.name] = r
     return out
 
 
@@ -373,10 +441,10 @@ def probe_seed(net_name: str, seed: int, s: Settings, device: str, train_dir: Pa
     result = gaps(module, batches, probes, s.draws)
     if writer is not None:
         for name, r in result.items():
-            writer.add_scalar(f"{net.name}/rel_gap/{name}", r["rel_gap"], seed)
+            writer.add_scalar(f"{net.name}/rel_gap/{name}", r["rel_gap_used"], seed)
         writer.close()
     print(f"{net.name} seed {seed}: latent std {std:.2f}, train loss {final:.4f}, {done} steps, {train_s / max(1, done):.3f} s/step, "
-          f"{time.perf_counter() - t0:.0f} s; " + ", ".join(f"{n}: {r['rel_gap']:+.2%}" for n, r in result.items()),
+          f"{time.perf_counter() - t0:.0f} s; " + ", ".join(f"{n}: {r['rel_gap_used']:+.2%}" for n, r in result.items()),
           flush=True)
     return {"network": net.name, "seed": seed, "train_loss": final, "latent_std": std, "steps_done": done,
             "train_seconds": train_s,
@@ -405,19 +473,26 @@ def verdict(rel: list[float]) -> str:
 
 
 def table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per probe: gap (absolute and relative to the true loss), spread over seeds, verdict."""
+    """One row per probe: gap (absolute and relative to the true loss), spread over seeds, verdict.
+
+    ``gap``/``rel_gap`` are measured where the condition acts (``where``: its region, or the frame);
+    ``rel_gap_frame`` is the whole-frame relative gap of every probe.
+    """
     rows = []
     for p in PROBES:
         res = next((x for x in results if x["network"] == p.network), None)
         if res is None:
-            rows.append({"condition": p.name, "network": p.network, "how": _how(p), "verdict": "n/a",
+            rows.append({"condition": p.name, "network": p.network, "how": _how(p), "where": p.region or "frame",
+                         "verdict": "n/a",
                          "note": "network not run"})
             continue
-        rel = [r["probes"][p.name]["rel_gap"] for r in res["per_seed"]]
-        gap = [r["probes"][p.name]["gap"] for r in res["per_seed"]]
-        rows.append({"condition": p.name, "network": p.network, "how": _how(p), "gap": float(np.mean(gap)),
-                     "rel_gap": float(np.mean(rel)), "spread": float(np.std(rel, ddof=1)) if len(rel) > 1 else 0.0,
-                     "per_seed": rel, "verdict": verdict(rel)})
+        rel = [r["probes"][p.name]["rel_gap_used"] for r in res["per_seed"]]
+        gap = [r["probes"][p.name]["gap_used"] for r in res["per_seed"]]
+        frame = [r["probes"][p.name]["rel_gap"] for r in res["per_seed"]]
+        rows.append({"condition": p.name, "network": p.network, "how": _how(p), "where": p.region or "frame",
+                     "gap": float(np.mean(gap)), "rel_gap": float(np.mean(rel)),
+                     "spread": float(np.std(rel, ddof=1)) if len(rel) > 1 else 0.0, "per_seed": rel,
+                     "rel_gap_frame": float(np.mean(frame)), "verdict": verdict(rel)})
     return rows
 
 
@@ -502,19 +577,19 @@ def overfit_and_sample(s: Settings, device: str, root: Path, tb_dir: Path | None
 
 def format_table(rows: list[dict[str, Any]], overfit: dict[str, Any] | None) -> str:
     """The table printed by ``make probe``."""
-    lines = [f"{'condition':<34} {'network':<13} {'how':<30} {'gap':>9} {'rel gap':>8} {'spread':>7}  verdict",
-             "-" * 115]
+    lines = [f"{'condition':<30} {'network':<13} {'how':<30} {'where':<6} {'gap':>9} {'rel gap':>8} {'spread':>7}"
+             f" {'frame':>7}  verdict", "-" * 130]
     for r in rows:
+        head = f"{r['condition']:<30} {r['network']:<13} {r['how']:<30} {r['where']:<6}"
         if r["verdict"] == "n/a":
-            lines.append(f"{r['condition']:<34} {r['network']:<13} {r['how']:<30} {'':>9} {'':>8} {'':>7}  "
-                         f"n/a: {r['note']}")
+            lines.append(f"{head} {'':>9} {'':>8} {'':>7} {'':>7}  n/a: {r['note']}")
         else:
-            lines.append(f"{r['condition']:<34} {r['network']:<13} {r['how']:<30} {r['gap']:>9.5f} "
-                         f"{r['rel_gap']:>7.2%} {r['spread']:>6.2%}  {r['verdict']}")
+            lines.append(f"{head} {r['gap']:>9.5f} {r['rel_gap']:>7.2%} {r['spread']:>6.2%} {r['rel_gap_frame']:>6.2%}"
+                         f"  {r['verdict']}")
     if overfit is not None:
         segs = "/".join(f"{m:.1f}" for m in overfit["margin_db_segments"])
-        lines.append(f"{'overfit + generate (2 segments)':<34} {'stage2':<13} {'vs reference repeated':<30} "
-                     f"{overfit['margin_db']:>7.2f}dB {'seg ' + segs:>16}  {overfit['verdict']}")
+        lines.append(f"{'overfit + generate (2 seg.)':<30} {'stage2':<13} {'vs reference repeated':<30} {'frame':<6} "
+                     f"{overfit['margin_db']:>7.2f}dB {'segments ' + segs:>24}  {overfit['verdict']}")
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ path. Slow: the CPU suite at its default size.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -111,7 +112,8 @@ def test_harness_runs_every_network_and_writes_the_table(tmp_path: Path) -> None
     rows = saved["table"]
     assert [r["condition"] for r in rows] == [p.name for p in run.PROBES]
     for r in rows:
-        assert {"gap", "rel_gap", "spread", "verdict"} <= r.keys() and np.isfinite(r["gap"])
+        assert {"gap", "rel_gap", "spread", "rel_gap_frame", "verdict"} <= r.keys() and np.isfinite(r["rel_gap"])
+    assert {r["where"] for r in rows} == {"frame", "face", "hands"}
     over = saved["overfit"]
     assert len(over["mse_segments"]) == 2 and np.isfinite(over["margin_db"])  # two generated segments
     assert 0.3 < saved["networks"][0]["per_seed"][0]["latent_std"] < 3  # the registry's VAE scale
@@ -141,6 +143,32 @@ def test_shuffle_drop_and_delay_alter_only_their_keys() -> None:
     late = run.altered(batch, run.Probe("y", "stage2", delay=("audio", "driving_map")))
     assert late["audio"][0].tolist() == [6, 7, 0, 1, 2, 3, 4, 5]  # 4 frames: one frame = 2 samples
     assert late["driving_map"][0].tolist() == [3, 0, 1, 2]
+
+
+def test_region_mask_marks_the_latent_cells_whose_centres_lie_in_the_valid_boxes() -> None:
+    hands = torch.full((1, 1, 2, 4), float("nan"))
+    hands[0, 0, 0] = torch.tensor([0.5, 0.5, 0.75, 1.0])  # x 48..72, y 32..64 of a 64x96 frame
+    batch = {"target": torch.zeros(1, 1, 3, 64, 96), "keypoints": torch.zeros(1, 1, 133, 2),
+             "face_box": torch.tensor([[[0.0, 0.0, 0.1, 0.2]]]), "face_box_valid": torch.tensor([[False]]),
+             "hand_boxes": hands, "hand_boxes_valid": torch.tensor([[[True, False]]])}
+    expected = torch.zeros(8, 12)
+    expected[4:8, 6:9] = 1  # cell centres (8 px cells): y 36..60 and x 52, 60, 68 lie inside
+    assert torch.equal(run.region_mask(batch, "hands", (8, 12))[0, 0, 0], expected)
+    assert run.region_mask(batch, "face", (8, 12)).sum() == 0  # an invalid box marks nothing
+
+
+def test_step_errors_are_the_errors_of_the_step_itself(tmp_path: Path) -> None:
+    """With the region reweighting off, the recorded errors average to the step's own ``loss_diffusion``."""
+    net, s = run.NETWORKS["stage1"], run.Settings(eval_clips=2, eval_batch=2)
+    folder = clips.write_probe_shards(tmp_path / "s1", net.clips, 2)
+    module = run.build_module(1, s, 0, "cpu")
+    module.loss_config = dataclasses.replace(module.loss_config, alpha=0.0)
+    batch = next(iter(run.datamodule(net, folder, folder, s, 2, 0).val_dataloader()))
+    whole, err = run.step_errors(module, batch, 5)
+    assert err.shape == (2, 1, 4, 8, 12) and err.mean().item() == pytest.approx(whole, rel=1e-5)
+    again, err2 = run.step_errors(module, batch, 5)
+    assert again == whole and torch.equal(err, err2)  # same seed, same noise: the pairing the gaps rely on
+    assert "target" not in vars(module.schedule)  # the recording is undone
 
 
 def test_tiny_vae_scale_gives_unit_latents_on_the_sample_clips() -> None:
