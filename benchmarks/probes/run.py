@@ -1,24 +1,28 @@
 """Condition probes: does the network learn each condition? (``make probe``; PROBES.md has the results)
 
-For each stage, a small network is trained briefly on probe clips (:mod:`benchmarks.probes.clips`,
-whose targets depend on each condition in a known way) through the real DataModules and the
-stage's LightningModule ``model_step``. Then, on held-out clips, the diffusion loss with the true
+For each probe network (stage 1; stage 2 in the audio mode; stage 2 in the video mode), a small
+random-init network is trained briefly on probe clips (:mod:`benchmarks.probes.clips`, whose
+targets depend on each condition in a known way) through the real DataModules and the stage's
+LightningModule ``model_step``. Then, on held-out clips, the diffusion loss with the true
 conditions is compared with the loss of the *same* batch, noise and timesteps with one condition
-shuffled across the batch (or set to its dropped value): the **gap**. A network that reads a
-condition has a gap clearly above zero; its spread over seeds is reported. An overfit-and-sample
-test then trains on one clip and samples it with the project's sampler, two-scale guidance and
-motion-frame continuation; the samples must be much closer to the clip's latents than the
-reference latent repeated (margin in dB).
+shuffled across the batch, set to its dropped value, or shifted by one frame in time: the
+**gap**. A network that reads a condition has a gap clearly above zero; its spread over seeds is
+reported. Local conditions (audio -> mouth, clarity and identity -> hands, reference skeleton ->
+arms and hands) are measured on the latent pixels of their region (``Probe.region``). An overfit-and-sample test then trains on one clip and generates it through
+``cyberhost generate``'s own loop (:func:`cyberhost.inference.pipeline.generate_video`: the
+generation conditions, DDIM with two-scale guidance, motion-frame continuation); the sampled
+latents must be much closer to the clip's latents than the reference latent repeated (margin in dB).
 
 What this proves: each condition is wired into the network and learnable. What it does not:
 image quality, or anything about real pretrained weights.
 
-Training and evaluation draw timesteps from ``T_RANGE`` only (400-999: noisy enough that the
-clean image is not readable from the noised latent, so the conditions decide the prediction); the
-overfit test trains on all timesteps, since its sampler visits all of them. The random VAE's
-``scaling_factor`` is calibrated to unit-variance latents first (:func:`calibrate_latents`).
+Training and evaluation draw timesteps from ``T_RANGE`` only (noisy enough that the clean image
+is not readable from the noised latent, so the conditions decide the prediction); the overfit
+test trains on all timesteps, since its sampler visits all of them. The tiny VAE's
+``scaling_factor`` is the registry's (calibrated to unit-variance latents, see
+:mod:`benchmarks.probes.calibrate`); each run records the latent std it saw.
 
-``python -m benchmarks.probes.run --device cpu|cuda --size tiny|wide --seeds 3 --out DIR``
+``python -m benchmarks.probes.run --device cpu|cuda --size tiny|wide --seeds 3 --out DIR [--tensorboard DIR]``
 """
 
 from __future__ import annotations
@@ -41,17 +45,46 @@ from torch import Tensor
 from benchmarks.probes import clips
 from cyberhost.data.buckets import BucketConfig
 from cyberhost.data.datamodule import Stage1DataModule, Stage2DataModule
-from cyberhost.data.transforms import TransformConfig
-from cyberhost.diffusion import GuidedSampler, SamplerConfig
+from cyberhost.data.schema import AUDIO_SAMPLE_RATE
+from cyberhost.data.transforms import TransformConfig, to_unit
+from cyberhost.diffusion import LossConfig, ScheduleConfig
+from cyberhost.diffusion.targets import box_masks
+from cyberhost.inference.conditions import reference_from_keypoints
+from cyberhost.inference.loading import InferenceSettings
+from cyberhost.inference.pipeline import GenerateConfig, generate_video
 from cyberhost.models import CyberHostConfig
-from cyberhost.models.conditioning import guided_denoiser
 from cyberhost.models.config import SIZES
-from cyberhost.training.module import CyberHostModule, OptimConfig
+from cyberhost.training.module import CyberHostModule, OptimConfig, to_pixels
 from cyberhost.training.stages import RANDOM_STAGE1, Stage1Module, Stage2Module
 
 # ============================================================================ THE condition table
-# All knowledge of which batch keys carry each condition lives here (and in the two adapters
-# below it): when the batch contract changes, this is the one place to edit.
+# All knowledge of which batch keys carry each condition lives here: when the batch contract
+# changes, this is the one place to edit.
+
+
+@dataclass(frozen=True)
+class Network:
+    """One trained probe network.
+
+    Attributes:
+        name: key of :data:`NETWORKS` (``--networks``).
+        stage: 1 or 2.
+        mode: ``transform.mode`` it trains in (what the Pose Encoder reads).
+        clips: probe clip family (:data:`benchmarks.probes.clips.CLIP_KINDS`).
+    """
+
+    name: str
+    stage: int
+    mode: str
+    clips: str
+
+
+NETWORKS: dict[str, Network] = {n.name: n for n in (
+    Network("stage1", 1, "audio", "stage1"),
+    Network("stage2", 2, "audio", "stage2"),
+    Network("stage2-video", 2, "video", "stage2-moving"),
+)}  # fmt: skip
+"""The probe networks, in run order."""
 
 
 @dataclass(frozen=True)
@@ -60,50 +93,53 @@ class Probe:
 
     Attributes:
         name: condition (table row).
-        stage: 1 or 2.
+        network: key of :data:`NETWORKS` it is measured on.
         shuffle: batch keys rolled by one sample across the batch (together).
         drop: batch keys set to this value instead (the condition's 'dropped' form).
+        delay: per-frame batch keys shifted one frame later within each sample (cyclically; the
+            audio by one frame's samples): does each frame read *its own* value?
         context: batch keys set in both the true and the altered batch (e.g. reference dropped).
-        mode: transform mode the probe needs (``None``: any).
+        region: where the condition acts, if it is local (:data:`REGIONS`): the gap is then
+            measured on the latent pixels of that region of the target frames (the whole-frame gap
+            is reported too). A mouth or a hand covers a few of the 96 latent pixels, so its
+            whole-frame gap is diluted ~10x by pixels the condition cannot change.
     """
 
     name: str
-    stage: int
+    network: str
     shuffle: tuple[str, ...] = ()
     drop: dict[str, Any] = field(default_factory=dict)
+    delay: tuple[str, ...] = ()
     context: dict[str, Any] = field(default_factory=dict)
-    mode: str | None = None
+    region: str = ""
+
+    @property
+    def stage(self) -> int:
+        """Training stage of its network."""
+        return NETWORKS[self.network].stage
 
 
 PROBES: tuple[Probe, ...] = (
-    Probe("reference", 1, shuffle=("reference",)),
-    Probe("reference (dropped)", 1, drop={"drop_reference": True}),
-    Probe("pose-aligned reference", 1, shuffle=("reference_skeleton",)),
-    Probe("movement map | reference dropped", 1, shuffle=("driving_map",), context={"drop_reference": True}),
-    Probe("movement map", 1, shuffle=("driving_map",)),
-    Probe("audio", 2, shuffle=("audio",)),
-    Probe("audio (dropped)", 2, drop={"drop_audio": True}),
-    Probe("motion frames", 2, shuffle=("motion", "motion_from_reference")),
-    Probe("hand clarity", 2, shuffle=("hand_clarity", "hand_clarity_valid")),
-    Probe("identity crops", 2, shuffle=("face_crop", "face_crop_valid", "hand_crops", "hand_crops_valid")),
-    Probe("skeleton maps (video mode)", 2, shuffle=("driving_map",), mode="video"),
+    Probe("reference", "stage1", shuffle=("reference",)),
+    Probe("reference (dropped)", "stage1", drop={"drop_reference": True}),
+    Probe("pose-aligned reference", "stage1", shuffle=("reference_skeleton",), region="hands"),
+    Probe("movement map | reference dropped", "stage1", shuffle=("driving_map",), context={"drop_reference": True}),
+    Probe("movement map", "stage1", shuffle=("driving_map",)),
+    Probe("audio", "stage2", shuffle=("audio",), region="face"),
+    Probe("audio (dropped)", "stage2", drop={"drop_audio": True}, region="face"),
+    Probe("audio (1 frame late)", "stage2", delay=("audio",), region="face"),
+    Probe("motion frames", "stage2", shuffle=("motion", "motion_from_reference")),
+    Probe("hand clarity", "stage2", shuffle=("hand_clarity", "hand_clarity_valid"), region="hands"),
+    Probe("hand clarity (1 frame late)", "stage2", delay=("hand_clarity", "hand_clarity_valid"), region="hands"),
+    Probe("identity crops", "stage2", shuffle=("face_crop", "face_crop_valid", "hand_crops", "hand_crops_valid"),
+          region="hands"),
+    Probe("skeleton maps (video mode)", "stage2-video", shuffle=("driving_map",)),
+    Probe("skeleton maps (1 frame late)", "stage2-video", delay=("driving_map",)),
 )
 """Condition -> how to take it away. ``loss_diffusion`` is compared (the heatmap/mask terms read targets)."""
-MOTION_KEY = "motion"
-"""Batch key of the motion frames (the overfit test replaces them by generated latents)."""
-REFERENCE_KEYS = ("reference", "reference_skeleton", "face_crop", "face_crop_valid", "hand_crops", "hand_crops_valid")
-"""Batch keys that come from the reference frame (kept across continuation segments)."""
 
-
-def network_inputs(module: CyberHostModule, batch: dict[str, Tensor], latents: dict[str, Tensor]) -> dict[str, Any]:
-    """The stage's network inputs of a batch, nothing dropped (sampling)."""
-    return module.conditions(batch, latents, dropout=False)
-
-
-def cfg_denoiser(module: CyberHostModule, cond: dict[str, Any]) -> Any:
-    """``cyberhost generate``'s batched two-scale CFG denoiser over these inputs."""
-    return guided_denoiser(module.model, cond)
-
+REGIONS = {"face": ("face_box", "face_box_valid"), "hands": ("hand_boxes", "hand_boxes_valid")}
+"""Probe region -> the batch's boxes of the target frames and their validity (the union of the boxes)."""
 
 # ============================================================================ settings
 
@@ -117,20 +153,28 @@ class Settings:
 
     Attributes:
         size: network size (``tiny`` or ``wide``, a 4x wider tiny registered here).
-        steps: training steps per stage and seed.
-        batch: training batch size.
+        steps: training steps per network (in :data:`NETWORKS` order) and seed.
+        batch: training batch size per network.
         lr: AdamW learning rate.
-        train_clips: training clips per stage.
-        eval_clips: held-out clips per stage (one batch each ``eval_batch``).
+        train_clips: training clips per network.
+        eval_clips: held-out clips per network (``eval_clips / eval_batch`` batches).
         eval_batch: held-out batch size.
         draws: noise/timestep draws per held-out batch.
         overfit_steps: steps of the overfit-and-sample test (0: skip it).
-        sample_steps: DDIM steps of its sampler.
+        sample_steps: DDIM steps of its generation.
+        workers: DataLoader worker processes (0 on 2 CPU cores: the network needs both).
+        jobs: (network, seed) jobs run at once in their own processes (see :func:`run`).
+        prediction_type: what the probe networks predict (see the module docstring; the overfit
+            test uses the schedule's default, epsilon, as training does by default).
+        alpha: the face/hand reweighting of the diffusion loss (Eq. 6's alpha) the networks train with.
+        max_train_seconds: wall-clock cap on each job's training (0: none): a job stops at its
+            steps or at the cap, whichever comes first, and records the steps it did. It time-boxes
+            the GPU run; a capped network has trained less, which its gaps then show.
     """
 
     size: str = "tiny"
-    steps: tuple[int, int] = (400, 250)
-    batch: int = 4
+    steps: tuple[int, ...] = (400, 250, 250)
+    batch: tuple[int, ...] = (4, 4, 4)
     lr: float = 1e-3
     train_clips: int = 384
     eval_clips: int = 16
@@ -138,13 +182,26 @@ class Settings:
     draws: int = 2
     overfit_steps: int = 150
     sample_steps: int = 10
+    workers: int = 0
+    jobs: int = 2
+    prediction_type: str = "v_prediction"
+    max_train_seconds: float = 0.0
+    alpha: float = LossConfig().alpha
 
 
 PRESETS = {
     "tiny": Settings(),
-    "wide": Settings(size="wide", steps=(1500, 1000), batch=8, train_clips=1024, eval_clips=32, draws=4,
-                     overfit_steps=600, sample_steps=25),
+    # one H200 in <= 8 minutes: 10 jobs (3 networks x 3 seeds + overfit), 5 at once (two rounds), each
+    # capped at 150 s of training; 5 jobs x (1 + 2 loader workers) fill the host's 16 cores
+    "wide": Settings(size="wide", steps=(3000, 2000, 2000), batch=(8, 8, 8), train_clips=1024, eval_clips=32,
+                     draws=4, overfit_steps=1500, sample_steps=25, workers=2, jobs=5, max_train_seconds=150.0),
 }
+
+
+SMOKE = dict(steps=(3, 3, 3), batch=(2, 2, 2), train_clips=8, eval_clips=4, eval_batch=2, draws=1, overfit_steps=3,
+             sample_steps=2, workers=0)
+"""``--smoke``: what a preset keeps of itself to check that a command runs end to end (its size, device,
+jobs and logs), in a minute on a CPU. Its gaps mean nothing."""
 
 
 def register_wide() -> None:
@@ -160,47 +217,40 @@ def register_wide() -> None:
                                         hand_channels=(16, 32, 64, 128), id_dim=128, audio_hidden=256, rca_heads=4)
 
 
-def transform(stage: int) -> TransformConfig:
+def transform(net: Network) -> TransformConfig:
     """Probe transform: whole-frame crop, the probe clip lengths, some dropout for the dropped rows."""
-    return TransformConfig(min_gap=1, num_frames=clips.TARGETS if stage == 2 else 1, num_motion=clips.MOTION,
-                           crop_scale=(1.0, 1.0), face_crop=64, hand_crop=128,
-                           p_drop_reference=0.3 if stage == 1 else 0.05, p_drop_audio=0.1)
+    return TransformConfig(min_gap=1, num_frames=clips.TARGETS if net.stage == 2 else 1, num_motion=clips.MOTION,
+                           crop_scale=(1.0, 1.0), face_crop=64, hand_crop=128, mode=net.mode,
+                           p_drop_reference=0.3 if net.stage == 1 else 0.05, p_drop_audio=0.1)
 
 
-def datamodule(stage: int, train: Path, held_out: Path, s: Settings, seed: int) -> Stage1DataModule | Stage2DataModule:
+def buckets() -> BucketConfig:
+    """The one probe resolution."""
+    return BucketConfig(area=clips.SIZE[0] * clips.SIZE[1], multiple=16, sizes=[list(clips.SIZE)])
+
+
+def datamodule(net: Network, train: Path, held_out: Path, s: Settings, batch: int, seed: int,
+               tcfg: TransformConfig | None = None) -> Stage1DataModule | Stage2DataModule:
     """The stage's real DataModule over the probe shards."""
-    cls = Stage1DataModule if stage == 1 else Stage2DataModule
-    return cls(train_shards=str(train), val_shards=str(held_out), batch_size=s.batch, val_batch_size=s.eval_batch,
-               val_batches=max(1, s.eval_clips // s.eval_batch), num_workers=0, shuffle_buffer=64, seed=seed,
-               samples_per_epoch=1 << 20, pin_memory=False, buckets=BucketConfig(area=clips.SIZE[0] * clips.SIZE[1], multiple=16, sizes=[list(clips.SIZE)]),
-               transform=transform(stage))
+    cls = Stage1DataModule if net.stage == 1 else Stage2DataModule
+    return cls(train_shards=str(train), val_shards=str(held_out), batch_size=batch, val_batch_size=s.eval_batch,
+               val_batches=max(1, s.eval_clips // s.eval_batch), num_workers=s.workers, shuffle_buffer=64, seed=seed,
+               samples_per_epoch=1 << 20, pin_memory=False, buckets=buckets(), transform=tcfg or transform(net))
 
 
-def build_module(stage: int, s: Settings, seed: int, device: str) -> CyberHostModule:
-    """A random-init module of the stage (stage 2 from random stage-1 weights, every part trained)."""
+def build_module(stage: int, s: Settings, seed: int, device: str, prediction_type: str | None = None) -> CyberHostModule:
+    """A random-init module of the stage (stage 2 from random stage-1 weights, every part trained).
+
+    ``prediction_type`` None = ``s.prediction_type``.
+    """
     torch.manual_seed(seed)
     cfg = CyberHostConfig(size=s.size, stage=stage, stage2_trainable="all")
     optim = OptimConfig(lr=s.lr, weight_decay=0.0)
-    module = Stage1Module(model=cfg, optim=optim, seed=seed) if stage == 1 else Stage2Module(
-        RANDOM_STAGE1, model=cfg, optim=optim, seed=seed)
+    schedule = ScheduleConfig(prediction_type=prediction_type or s.prediction_type)
+    loss = LossConfig(alpha=s.alpha)
+    module = Stage1Module(model=cfg, optim=optim, schedule=schedule, loss=loss, seed=seed) if stage == 1 else (
+        Stage2Module(RANDOM_STAGE1, model=cfg, optim=optim, schedule=schedule, loss=loss, seed=seed))
     return module.to(device)
-
-
-@torch.no_grad()
-def calibrate_latents(module: CyberHostModule, batch: dict[str, Tensor]) -> float:
-    """Set the random VAE's ``scaling_factor`` so the probe latents have unit variance; returns it.
-
-    SD-1.5's 0.18215 is 1 / std of *its* VAE's latents. A random tiny VAE's latents scaled by it
-    have a std of a few hundredths, so the noise swamps the image at all but the smallest
-    timesteps and no condition can change the loss much. This calibrates the factor the way SD's
-    was chosen, on the target frames of one training batch.
-    """
-    vae = module.model.vae
-    vae.register_to_config(scaling_factor=1.0)
-    images = batch["target"].flatten(0, 1).to(next(vae.parameters()).device)
-    std = float(module.model.encode_images(images.float() / 127.5 - 1.0).std())
-    vae.register_to_config(scaling_factor=1.0 / std)
-    return 1.0 / std
 
 
 def restrict_timesteps(module: CyberHostModule, lo: int, hi: int) -> None:
@@ -216,16 +266,31 @@ def to_device(batch: dict[str, Tensor], device: str) -> dict[str, Tensor]:
     return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
+@torch.no_grad()
+def latent_std(module: CyberHostModule, batch: dict[str, Tensor]) -> float:
+    """Std of the target latents of a batch (the registry's VAE scale should make it about 1)."""
+    return float(module.encode(batch)["target"].std())
+
+
 # ============================================================================ training and the gap
 
 
-def train(module: CyberHostModule, loader: Any, steps: int, device: str, seed: int, writer: Any, tag: str) -> float:
-    """Plain AdamW loop over ``model_step``; returns the mean loss of the last 20 steps."""
+def train(module: CyberHostModule, loader: Any, steps: int, device: str, seed: int, writer: Any, tag: str,
+          max_seconds: float = 0.0) -> tuple[float, int]:
+    """Plain AdamW loop over ``model_step``.
+
+    Returns:
+        The mean loss of the last 20 steps and the steps done (fewer than ``steps`` when
+        ``max_seconds`` > 0 ran out first).
+    """
     opt = module.configure_optimizers()["optimizer"]
     params = [p for p in module.parameters() if p.requires_grad]
     module.train()
-    losses = []
+    losses: list[float] = []
+    stop = time.perf_counter() + max_seconds if max_seconds > 0 else math.inf
     for step, batch in zip(range(steps), loader, strict=False):
+        if step and time.perf_counter() > stop:
+            break
         loss, logs = module.model_step(to_device(batch, device), torch.Generator().manual_seed(seed * 100_003 + step))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -234,16 +299,20 @@ def train(module: CyberHostModule, loader: Any, steps: int, device: str, seed: i
         losses.append(float(logs["loss_diffusion"]))
         if writer is not None:
             writer.add_scalar(f"{tag}/train/loss_diffusion", losses[-1], step)
-    return float(np.mean(losses[-20:]))
+    return float(np.mean(losses[-20:])), len(losses)
 
 
 def altered(batch: dict[str, Tensor], probe: Probe) -> dict[str, Tensor]:
-    """The batch with the probe's condition shuffled across the batch or set to its dropped value."""
+    """The batch with the probe's condition shuffled across the batch, dropped, or one frame late."""
     out = dict(batch)
     for key in probe.shuffle:
         out[key] = torch.roll(batch[key], 1, dims=0)
     for key, value in probe.drop.items():
         out[key] = torch.full_like(batch[key], value)
+    frames = batch["target"].shape[1]
+    for key in probe.delay:
+        shift = batch[key].shape[1] // frames if key == "audio" else 1  # (B, S) audio: one frame's samples
+        out[key] = torch.roll(batch[key], shift, dims=1)
     return out
 
 
@@ -254,67 +323,140 @@ def with_context(batch: dict[str, Tensor], probe: Probe) -> dict[str, Tensor]:
     return out
 
 
+def region_mask(batch: dict[str, Tensor], region: str, latent_size: tuple[int, int]) -> Tensor:
+    """``(B, F, 1, h, w)`` {0, 1} mask of a :data:`REGIONS` region of the target frames at latent resolution.
+
+    The batch's boxes are in crop-normalised coordinates; :func:`to_pixels` turns them into the
+    target's pixels, as the stages' region losses do.
+    """
+    size = tuple(batch["target"].shape[-2:])
+    key, valid_key = REGIONS[region]
+    boxes, valid = to_pixels(batch, size)[key], batch[valid_key]
+    if boxes.dim() == 3:  # one box per frame (face): (B, F, 4) -> (B, F, 1, 4)
+        boxes, valid = boxes[:, :, None], valid[:, :, None]
+    return box_masks(boxes, valid, size, latent_size)
+
+
+@torch.no_grad()
+def step_errors(module: CyberHostModule, batch: dict[str, Tensor], seed: int) -> tuple[float, Tensor]:
+    """``model_step``'s ``loss_diffusion`` and its squared errors ``(B, F, C, h, w)`` (prediction vs regression target).
+
+    The errors are read off the step itself: the network's output and the target that
+    ``model_step`` computes (``schedule.target``), recorded while it runs.
+    """
+    seen: dict[str, Tensor] = {}
+    target_fn = module.schedule.target
+
+    def target(*args: Any, **kwargs: Any) -> Tensor:
+        seen["target"] = target_fn(*args, **kwargs)
+        return seen["target"]
+
+    def hook(_mod: Any, _args: Any, output: Any) -> None:
+        seen["pred"] = output.sample
+
+    module.schedule.target = target
+    handle = module.model.register_forward_hook(hook)
+    try:
+        logs = module.model_step(batch, torch.Generator().manual_seed(seed))[1]
+    finally:
+        handle.remove()
+        del module.schedule.target  # the instance attribute; the class method shows again
+    return float(logs["loss_diffusion"]), (seen["pred"].float() - seen["target"].float()) ** 2
+
+
 @torch.no_grad()
 def gaps(module: CyberHostModule, batches: list[dict[str, Tensor]], probes: list[Probe], draws: int) -> dict[str, Any]:
-    """Held-out ``loss_diffusion`` with the true conditions and each probe's gap (same noise and timesteps)."""
-    module.eval()
-    true: dict[str, list[float]] = {p.name: [] for p in probes}
-    alt: dict[str, list[float]] = {p.name: [] for p in probes}
+    """Held-out losses with the true conditions and each probe's gap (same noise and timesteps).
 
-    def loss(batch: dict[str, Tensor], seed: int) -> float:
-        return float(module.model_step(batch, torch.Generator().manual_seed(seed))[1]["loss_diffusion"])
+    Per probe: ``loss_diffusion`` true and altered and their gap (``gap``, ``rel_gap``); for a
+    probe with a region also the mean squared error inside it (``region_*``). ``rel_gap_used`` is
+    the region's relative gap where there is one, else the whole frame's: what the verdict reads.
+    """
+    module.eval()
+    rows: dict[str, list[tuple[float, float, float, float]]] = {p.name: [] for p in probes}
+
+    def losses(batch: dict[str, Tensor], seed: int, p: Probe) -> tuple[float, float]:
+        whole, err = step_errors(module, batch, seed)
+        if not p.region:
+            return whole, whole
+        mask = region_mask(batch, p.region, tuple(err.shape[-2:])).expand_as(err)
+        return whole, float((err * mask).sum() / mask.sum().clamp_min(1))
 
     for i, batch in enumerate(batches):
         for d in range(draws):
             seed, cache = 10_000 + 97 * i + d, {}
             for p in probes:
                 base = with_context(batch, p)
-                ctx = tuple(sorted(p.context.items()))
-                if ctx not in cache:  # one true loss per context
-                    cache[ctx] = loss(base, seed)
-                true[p.name].append(cache[ctx])
-                alt[p.name].append(loss(altered(base, p), seed))
+                key = (tuple(sorted(p.context.items())), p.region)
+                if key not in cache:  # one true loss per context and region
+                    cache[key] = losses(base, seed, p)
+                rows[p.name].append((*cache[key], *losses(altered(base, p), seed, p)))
     out = {}
     for p in probes:
-        t, a = np.array(true[p.name]), np.array(alt[p.name])
-        out[p.name] = {"loss_true": float(t.mean()), "loss_altered": float(a.mean()), "gap": float((a - t).mean()),
-                       "rel_gap": float((a - t).mean() / t.mean())}
+        t, tr, a, ar = np.array(rows[p.name]).T
+        r = {"loss_true": float(t.mean()), "loss_altered": float(a.mean()), "gap": float((a - t).mean()),
+             "rel_gap": float((a - t).mean() / t.mean())}
+        if p.region:
+            r.update(region=p.region, region_loss_true=float(tr.mean()), region_loss_altered=float(ar.mean()),
+                     region_gap=float((ar - tr).mean()), region_rel_gap=float((ar - tr).mean() / tr.mean()))
+        r["rel_gap_used"] = r["region_rel_gap"] if p.region else r["rel_gap"]
+        r["gap_used"] = r["region_gap"] if p.region else r["gap"]
+        out[p.name] = r
     return out
 
 
-def supported(probe: Probe) -> str | None:
-    """Why a probe cannot run here (None: it can): the probe networks train in ``transform(stage).mode``."""
-    mode = getattr(transform(probe.stage), "mode", "audio")
-    if probe.mode is not None and probe.mode != mode:
-        return f"needs a network trained with transform.mode={probe.mode!r} and clips whose pose moves (not built yet)"
-    return None
+def probe_seed(net_name: str, seed: int, s: Settings, device: str, train_dir: Path, held_dir: Path,
+               tb_dir: Path | None, threads: int = 0) -> dict[str, Any]:
+    """Train one network of a kind with one seed and measure each of its probes (a job of :func:`run`).
 
-
-def run_stage(stage: int, s: Settings, seeds: int, device: str, root: Path, writer: Any) -> dict[str, Any]:
-    """Train ``seeds`` networks of one stage and measure every runnable probe of that stage."""
-    probes = [p for p in PROBES if p.stage == stage and supported(p) is None]
-    train_dir = clips.write_probe_shards(root / f"stage{stage}/train", stage, s.train_clips, seed=0)
-    held_dir = clips.write_probe_shards(root / f"stage{stage}/held_out", stage, s.eval_clips, seed=100_000,
-                                        held_out=True)
-    per_seed = []
-    for seed in range(seeds):
-        t0 = time.perf_counter()
-        dm = datamodule(stage, train_dir, held_dir, s, seed)
-        module = build_module(stage, s, seed, device)
-        restrict_timesteps(module, *T_RANGE)
-        loader = iter(dm.train_dataloader())
-        calibrate_latents(module, next(loader))
-        final = train(module, loader, s.steps[stage - 1], device, seed, writer,
-                      f"stage{stage}/seed{seed}")
-        batches = [to_device(b, device) for b in dm.val_dataloader()]
-        result = gaps(module, batches, probes, s.draws)
-        per_seed.append({"seed": seed, "train_loss": final, "seconds": time.perf_counter() - t0, "probes": result})
+    Args:
+        net_name: key of :data:`NETWORKS`.
+        seed: network, data-order and noise seed.
+        s: settings.
+        device: ``cpu`` or ``cuda``.
+        train_dir: training shards.
+        held_dir: held-out shards.
+        tb_dir: TensorBoard folder of this job (None: no logs).
+        threads: torch threads of this job (0: leave as is).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    if s.size == "wide":
+        register_wide()
+    net = NETWORKS[net_name]
+    i = list(NETWORKS).index(net.name)
+    steps, batch = s.steps[i], s.batch[i]
+    probes = [p for p in PROBES if p.network == net.name]
+    writer = _writer(tb_dir)
+    t0 = time.perf_counter()
+    dm = datamodule(net, train_dir, held_dir, s, batch, seed)
+    module = build_module(net.stage, s, seed, device)
+    restrict_timesteps(module, *T_RANGE)
+    loader = iter(dm.train_dataloader())
+    std = latent_std(module, to_device(next(loader), device))
+    t1 = time.perf_counter()
+    final, done = train(module, loader, steps, device, seed, writer, f"{net.name}/seed{seed}", s.max_train_seconds)
+    train_s = time.perf_counter() - t1
+    batches = [to_device(b, device) for b in dm.val_dataloader()]
+    result = gaps(module, batches, probes, s.draws)
+    if writer is not None:
         for name, r in result.items():
-            if writer is not None:
-                writer.add_scalar(f"stage{stage}/gap/{name}", r["gap"], seed)
-        print(f"stage {stage} seed {seed}: train loss {final:.4f}, {time.perf_counter() - t0:.0f} s; "
-              + ", ".join(f"{n}: {r['rel_gap']:+.2%}" for n, r in result.items()), flush=True)
-    return {"stage": stage, "steps": s.steps[stage - 1], "per_seed": per_seed}
+            writer.add_scalar(f"{net.name}/rel_gap/{name}", r["rel_gap_used"], seed)
+        writer.close()
+    print(f"{net.name} seed {seed}: latent std {std:.2f}, train loss {final:.4f}, {done} steps, {train_s / max(1, done):.3f} s/step, "
+          f"{time.perf_counter() - t0:.0f} s; " + ", ".join(f"{n}: {r['rel_gap_used']:+.2%}" for n, r in result.items()),
+          flush=True)
+    return {"network": net.name, "seed": seed, "train_loss": final, "latent_std": std, "steps_done": done,
+            "train_seconds": train_s,
+            "seconds": time.perf_counter() - t0, "probes": result}
+
+
+def _writer(tb_dir: Path | None) -> Any:
+    if tb_dir is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(tb_dir))
 
 
 MIN_REL_GAP = 0.01
@@ -330,78 +472,104 @@ def verdict(rel: list[float]) -> str:
     return "weak" if mean > 0 else "FAIL"
 
 
-def table(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per probe: gap (absolute and relative to the true loss), spread over seeds, verdict."""
+def table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per probe: gap (absolute and relative to the true loss), spread over seeds, verdict.
+
+    ``gap``/``rel_gap`` are measured where the condition acts (``where``: its region, or the frame);
+    ``rel_gap_frame`` is the whole-frame relative gap of every probe.
+    """
     rows = []
     for p in PROBES:
-        why = supported(p)
-        st = next((x for x in stages if x["stage"] == p.stage), None)
-        if why is not None or st is None:
-            rows.append({"condition": p.name, "stage": p.stage, "how": _how(p), "verdict": "n/a",
-                         "note": why or "stage not run"})
+        res = next((x for x in results if x["network"] == p.network), None)
+        if res is None:
+            rows.append({"condition": p.name, "network": p.network, "how": _how(p), "where": p.region or "frame",
+                         "verdict": "n/a",
+                         "note": "network not run"})
             continue
-        rel = [r["probes"][p.name]["rel_gap"] for r in st["per_seed"]]
-        gap = [r["probes"][p.name]["gap"] for r in st["per_seed"]]
-        rows.append({"condition": p.name, "stage": p.stage, "how": _how(p), "gap": float(np.mean(gap)),
-                     "rel_gap": float(np.mean(rel)), "spread": float(np.std(rel, ddof=1)) if len(rel) > 1 else 0.0,
-                     "per_seed": rel, "verdict": verdict(rel)})
+        rel = [r["probes"][p.name]["rel_gap_used"] for r in res["per_seed"]]
+        gap = [r["probes"][p.name]["gap_used"] for r in res["per_seed"]]
+        frame = [r["probes"][p.name]["rel_gap"] for r in res["per_seed"]]
+        rows.append({"condition": p.name, "network": p.network, "how": _how(p), "where": p.region or "frame",
+                     "gap": float(np.mean(gap)), "rel_gap": float(np.mean(rel)),
+                     "spread": float(np.std(rel, ddof=1)) if len(rel) > 1 else 0.0, "per_seed": rel,
+                     "rel_gap_frame": float(np.mean(frame)), "verdict": verdict(rel)})
     return rows
 
 
 def _how(p: Probe) -> str:
-    how = "shuffled" if p.shuffle else "dropped"
+    how = "shuffled" if p.shuffle else "dropped" if p.drop else "1 frame late"
     return how + (" (" + ", ".join(f"{k}={v}" for k, v in p.context.items()) + ")" if p.context else "")
 
 
 # ============================================================================ overfit and sample
 
-
-def overfit_and_sample(s: Settings, device: str, root: Path, writer: Any) -> dict[str, Any]:
-    """Train stage 2 on one clip, then sample two continued segments with the project's sampler and CFG.
-
-    Segment 1 uses the clip's motion frames; segment 2 (the next ``TARGETS`` frames) uses the last
-    ``MOTION`` latents segment 1 generated, as ``cyberhost generate`` continues. Returns the MSE of
-    the sampled latents to the clip's latents, of the baseline (reference latent repeated), and the
-    margin ``10 log10(baseline / sampled)`` in dB.
-    """
-    t0 = time.perf_counter()
-    n = clips.MOTION + 2 * clips.TARGETS
-    clip = clips.stage2_clip("probeover-0000", 7, num_frames=n)
-    train_dir = clips.write_clips(root / "overfit/train", [clip])
-    seg2 = clips.write_clips(root / "overfit/seg2", [clips.sub_clip(clip, clips.TARGETS, clips.MOTION + clips.TARGETS)])
-    s1 = dataclasses.replace(s, batch=2, eval_batch=1, eval_clips=1)
-    dm = datamodule(2, train_dir, train_dir, s1, 0)
-    module = build_module(2, s1, 0, device)
-    loader = iter(dm.train_dataloader())
-    calibrate_latents(module, next(loader))
-    final = train(module, loader, s.overfit_steps, device, 0, writer, "overfit")
-    module.eval()
-    first = to_device(next(iter(dm.val_dataloader())), device)
-    second = to_device(next(iter(datamodule(2, seg2, seg2, s1, 0).val_dataloader())), device)
-    second.update({k: first[k] for k in REFERENCE_KEYS})
-    sampler = GuidedSampler(module.schedule.sampling_scheduler(), SamplerConfig(steps=s.sample_steps))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        lat1, lat2 = module.encode(first), module.encode(second)
-        x1 = sampler.sample(cfg_denoiser(module, network_inputs(module, first, lat1)),
-                            tuple(lat1["target"].shape), device, gen)
-        lat2["motion"] = x1[:, -clips.MOTION:]  # continuation: the last generated latents
-        x2 = sampler.sample(cfg_denoiser(module, network_inputs(module, second, lat2)),
-                            tuple(lat2["target"].shape), device, gen)
-    truth = torch.cat([lat1["target"], lat2["target"]], 1)
-    sample = torch.cat([x1, x2], 1)
-    base = lat1["reference"][:, None].expand_as(truth)
-    mse = [float((a - truth).pow(2).mean()) for a in (sample, base)]
-    seg = [float((x - t).pow(2).mean()) for x, t in ((x1, lat1["target"]), (x2, lat2["target"]))]
-    out = {"train_steps": s.overfit_steps, "train_loss": final, "sample_steps": s.sample_steps,
-           "mse_sampled": mse[0], "mse_baseline": mse[1], "mse_segments": seg,
-           "margin_db": 10 * math.log10(mse[1] / mse[0]), "seconds": time.perf_counter() - t0}
-    out["verdict"] = "pass" if out["margin_db"] >= OVERFIT_MIN_DB else "FAIL"
-    return out
-
-
 OVERFIT_MIN_DB = 3.0
 """Smallest margin (dB) over the repeated-reference baseline the overfit test accepts."""
+
+
+def overfit_and_sample(s: Settings, device: str, root: Path, tb_dir: Path | None = None,
+                       threads: int = 0) -> dict[str, Any]:
+    """Train stage 2 on one clip, then generate it with ``generate_video`` (two segments, continued).
+
+    The clip has ``MOTION + 2 * TARGETS`` frames; generation starts at frame ``MOTION`` (the first
+    frame training ever denoises) from frame 0 as the reference image and the clip's audio from
+    there, exactly as ``cyberhost generate`` runs: the generation conditions of
+    :mod:`cyberhost.inference.conditions`, the reference latent repeated as the first segment's
+    motion frames (training shows that case with ``p_motion_reference``, raised to 0.5 here), DDIM
+    with two-scale CFG, and the second segment's motion frames taken from the first's output. The
+    hands are all sharp, so generation's one clarity value matches every frame.
+
+    Returns:
+        MSE of the sampled latents to the clip's latents (per segment too), of the baseline (the
+        reference latent repeated), and the margin ``10 log10(baseline / sampled)`` in dB.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    if s.size == "wide":
+        register_wide()
+    writer = _writer(tb_dir)
+    t0 = time.perf_counter()
+    net = NETWORKS["stage2"]
+    n = clips.MOTION + 2 * clips.TARGETS
+    clip = clips.stage2_clip("probeover-0000", 7, num_frames=n, sharp=True)
+    copies = [dict(clip, key=f"probeover{i}-0000") for i in range(8)]  # a stream batch needs several clips
+    train_dir = clips.write_clips(root / "overfit/train", copies)
+    tcfg = dataclasses.replace(transform(net), p_motion_reference=0.5)
+    dm = datamodule(net, train_dir, train_dir, dataclasses.replace(s, eval_batch=1, eval_clips=1), 2, 0, tcfg)
+    module = build_module(2, s, 0, device, ScheduleConfig().prediction_type)
+    final, done = train(module, iter(dm.train_dataloader()), s.overfit_steps, device, 0, writer, "overfit",
+                        s.max_train_seconds)
+    settings = InferenceSettings(model=module.model.config, transform=tcfg, schedule=module.schedule_config,
+                                 buckets=buckets(), source="probe overfit run")
+    reference = reference_from_keypoints(clip["frames"][0], clip["keypoints"][0], tcfg, clips.SIZE)
+    per_frame = round(AUDIO_SAMPLE_RATE / clips.FPS)
+    wave = clip["audio"][clips.MOTION * per_frame :]
+    clarity = float(np.nanmean(clip["hand_clarity"][clips.MOTION :]))
+    config = GenerateConfig(steps=s.sample_steps, num_frames=clips.TARGETS, num_motion=clips.MOTION,
+                            hand_clarity=clarity, seed=0)
+    segments: list[Tensor] = []
+    generate_video(module.model, reference, wave, None, settings=settings, config=config, progress=False,
+                   on_latents=segments.append)
+    with torch.no_grad():
+        frames = torch.from_numpy(clip["frames"]).permute(0, 3, 1, 2).to(device)
+        truth = module.model.encode_images(to_unit(frames[clips.MOTION :]))[None]  # (1, 2T, 4, h, w)
+        ref = module.model.encode_images(to_unit(frames[:1]))  # (1, 4, h, w)
+    sample = torch.cat(segments, 1).float()
+    base = ref[:, None].expand_as(truth)
+    mse = [float((a - truth).pow(2).mean()) for a in (sample, base)]
+    t = clips.TARGETS
+    seg = [float((sample[:, i * t : (i + 1) * t] - truth[:, i * t : (i + 1) * t]).pow(2).mean()) for i in range(2)]
+    out = {"train_steps": s.overfit_steps, "steps_done": done, "train_loss": final, "sample_steps": s.sample_steps,
+           "mse_sampled": mse[0], "mse_baseline": mse[1], "mse_segments": seg,
+           "margin_db": 10 * math.log10(mse[1] / mse[0]),
+           "margin_db_segments": [10 * math.log10(mse[1] / m) for m in seg], "seconds": time.perf_counter() - t0}
+    out["verdict"] = "pass" if out["margin_db"] >= OVERFIT_MIN_DB and min(out["margin_db_segments"]) > 0 else "FAIL"
+    if writer is not None:
+        writer.add_scalar("overfit/margin_db", out["margin_db"], 0)
+        writer.close()
+    print(f"overfit: margin {out['margin_db']:.2f} dB (segments {out['margin_db_segments'][0]:.2f} / "
+          f"{out['margin_db_segments'][1]:.2f}), {out['seconds']:.0f} s", flush=True)
+    return out
 
 
 # ============================================================================ report and CLI
@@ -409,60 +577,153 @@ OVERFIT_MIN_DB = 3.0
 
 def format_table(rows: list[dict[str, Any]], overfit: dict[str, Any] | None) -> str:
     """The table printed by ``make probe``."""
-    lines = [f"{'condition':<34} {'st':>2} {'how':<30} {'gap':>9} {'rel gap':>8} {'spread':>7}  verdict",
-             "-" * 104]
+    lines = [f"{'condition':<30} {'network':<13} {'how':<30} {'where':<6} {'gap':>9} {'rel gap':>8} {'spread':>7}"
+             f" {'frame':>7}  verdict", "-" * 130]
     for r in rows:
+        head = f"{r['condition']:<30} {r['network']:<13} {r['how']:<30} {r['where']:<6}"
         if r["verdict"] == "n/a":
-            lines.append(f"{r['condition']:<34} {r['stage']:>2} {r['how']:<30} {'':>9} {'':>8} {'':>7}  n/a: {r['note']}")
+            lines.append(f"{head} {'':>9} {'':>8} {'':>7} {'':>7}  n/a: {r['note']}")
         else:
-            lines.append(f"{r['condition']:<34} {r['stage']:>2} {r['how']:<30} {r['gap']:>9.5f} {r['rel_gap']:>7.2%} "
-                         f"{r['spread']:>6.2%}  {r['verdict']}")
+            lines.append(f"{head} {r['gap']:>9.5f} {r['rel_gap']:>7.2%} {r['spread']:>6.2%} {r['rel_gap_frame']:>6.2%}"
+                         f"  {r['verdict']}")
     if overfit is not None:
-        lines.append(f"{'overfit + sample (2 segments)':<34} {2:>2} {'vs reference repeated':<30} "
-                     f"{overfit['margin_db']:>7.2f}dB {'':>8} {'':>7}  {overfit['verdict']}")
+        segs = "/".join(f"{m:.1f}" for m in overfit["margin_db_segments"])
+        lines.append(f"{'overfit + generate (2 seg.)':<30} {'stage2':<13} {'vs reference repeated':<30} {'frame':<6} "
+                     f"{overfit['margin_db']:>7.2f}dB {'segments ' + segs:>24}  {overfit['verdict']}")
     return "\n".join(lines)
 
 
-def run(device: str, size: str, seeds: int, out: Path, stages: tuple[int, ...] = (1, 2), overfit: bool = True,
-        settings: Settings | None = None) -> dict[str, Any]:
-    """The whole suite; writes ``out/probes.json`` (and TensorBoard logs under ``out/tb``) and returns the report."""
+def run(device: str, size: str, seeds: int, out: Path, networks: tuple[str, ...] = tuple(NETWORKS),
+        overfit: bool = True, settings: Settings | None = None, jobs: int | None = None,
+        tensorboard: Path | None = None) -> dict[str, Any]:
+    """The whole suite; writes ``out/probes.json`` as results come in, TensorBoard logs to ``tensorboard``.
+
+    Args:
+        device: ``cpu`` or ``cuda``.
+        size: preset and network size.
+        seeds: networks trained per probe network.
+        out: output folder.
+        networks: keys of :data:`NETWORKS` to run.
+        overfit: run the overfit-and-sample test.
+        settings: instead of the preset.
+        jobs: (network, seed) jobs run at once (None: ``settings.jobs``), each in its own process with
+            ``torch.get_num_threads() // jobs`` threads (1: all in this process). On a loaded
+            2-core machine two 1-thread jobs are far faster than one 2-thread job (OpenMP's
+            threads wait for each other when the cores are shared); on a GPU several jobs fill it.
+        tensorboard: TensorBoard folder (None: ``out/tb``): per job the training loss and the gaps,
+            and the final table as text.
+    """
+    tb = out / "tb" if tensorboard is None else tensorboard
     if size == "wide":
         register_wide()
     s = settings or PRESETS[size]
+    jobs = s.jobs if jobs is None else jobs
     out.mkdir(parents=True, exist_ok=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(out / "tb"))
     t0 = time.perf_counter()
+    threads = max(1, torch.get_num_threads() // jobs) if jobs > 1 else 0
+    report: dict[str, Any] = {"device": device, "size": s.size, "seeds": seeds, "settings": dataclasses.asdict(s),
+                              "t_range": list(T_RANGE), "jobs": jobs,
+                              "torch_threads_per_job": threads or torch.get_num_threads()}
+    done: list[dict[str, Any]] = []
+    over: dict[str, Any] | None = None
+
+    def results() -> list[dict[str, Any]]:
+        grouped = []
+        for name in networks:
+            per_seed = sorted((r for r in done if r["network"] == name), key=lambda r: r["seed"])
+            if per_seed:
+                i = list(NETWORKS).index(name)
+                grouped.append({"network": name, "stage": NETWORKS[name].stage, "mode": NETWORKS[name].mode,
+                                "steps": s.steps[i], "batch": s.batch[i], "per_seed": per_seed})
+        return grouped
+
+    def save() -> None:
+        grouped = results()
+        report.update(table=table(grouped), overfit=over, networks=grouped, seconds=time.perf_counter() - t0)
+        (out / "probes.json").write_text(json.dumps(report, indent=2))
+
     with tempfile.TemporaryDirectory(prefix="probe-clips-") as tmp:
-        results = [run_stage(st, s, seeds, device, Path(tmp), writer) for st in stages]
-        over = overfit_and_sample(s, device, Path(tmp), writer) if overfit and s.overfit_steps else None
-    report = {"device": device, "size": s.size, "seeds": seeds, "settings": dataclasses.asdict(s),
-              "t_range": list(T_RANGE), "table": table(results), "overfit": over, "stages": results,
-              "seconds": time.perf_counter() - t0, "torch_threads": torch.get_num_threads()}
-    (out / "probes.json").write_text(json.dumps(report, indent=2))
+        root = Path(tmp)
+        tasks: list[tuple[Any, tuple[Any, ...]]] = []
+        for name in networks:
+            net = NETWORKS[name]
+            train_dir = clips.write_probe_shards(root / f"{name}/train", net.clips, s.train_clips, seed=0)
+            held_dir = clips.write_probe_shards(root / f"{name}/held_out", net.clips, s.eval_clips, seed=100_000)
+            tasks += [(probe_seed, (name, seed, s, device, train_dir, held_dir, tb / f"{name}-seed{seed}",
+                                    threads)) for seed in range(seeds)]
+        if overfit and s.overfit_steps:
+            tasks.append((overfit_and_sample, (s, device, root, tb / "overfit", threads)))
+        tasks.sort(key=lambda task: -_cost(task, s))  # longest first: the pool ends together
+        if jobs <= 1:
+            for fn, args in tasks:
+                result = fn(*args)
+                over = result if fn is overfit_and_sample else over
+                if fn is probe_seed:
+                    done.append(result)
+                save()
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+                futures = {pool.submit(fn, *args): fn for fn, args in tasks}
+                for future in as_completed(futures):
+                    if futures[future] is overfit_and_sample:
+                        over = future.result()
+                    else:
+                        done.append(future.result())
+                    save()
+    save()
+    writer = _writer(tb)
     writer.add_text("probes/table", "    " + format_table(report["table"], over).replace("\n", "\n    "))
     writer.close()
     return report
 
 
+def _cost(task: tuple[Any, tuple[Any, ...]], s: Settings) -> float:
+    """Rough relative run time of a job (training steps times the per-step cost of its stage)."""
+    fn, args = task
+    if fn is overfit_and_sample:
+        return 2.0 * s.overfit_steps
+    i = list(NETWORKS).index(args[0])
+    return s.steps[i] * s.batch[i] * (2.5 if NETWORKS[args[0]].stage == 2 else 1.0)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry; exit status 1 when any runnable probe fails."""
+    """CLI entry; exit status 1 when any probe that ran fails."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.probes.run", description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--size", default="tiny", choices=sorted(PRESETS), help="network size and run length preset")
-    p.add_argument("--seeds", type=int, default=3, help="networks trained per stage")
+    p.add_argument("--seeds", type=int, default=3, help="networks trained per probe network")
     p.add_argument("--out", type=Path, default=Path("runs/probe"), help="folder of probes.json and tb/")
-    p.add_argument("--stages", type=int, nargs="+", default=[1, 2], choices=[1, 2])
-    p.add_argument("--steps", type=int, nargs=2, default=None, metavar=("STAGE1", "STAGE2"), help="override steps")
+    p.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
+    p.add_argument("--steps", type=int, nargs=len(NETWORKS), default=None, metavar=tuple(n.upper() for n in NETWORKS),
+                   help="override the training steps of each network")
+    p.add_argument("--overfit-steps", type=int, default=None, help="override the overfit test's steps (0: skip it)")
     p.add_argument("--no-overfit", action="store_true", help="skip the overfit-and-sample test")
+    p.add_argument("--jobs", type=int, default=None, help="(network, seed) jobs at once, in processes (default: preset)")
+    p.add_argument("--tensorboard", type=Path, default=None, help="TensorBoard folder (default: OUT/tb)")
+    p.add_argument("--max-train-seconds", type=float, default=None,
+                   help="cap on each job's training time, seconds (default: preset; 0: none)")
+    p.add_argument("--smoke", action="store_true",
+                   help="a few steps and clips per job: checks that the command runs (its numbers mean nothing)")
     args = p.parse_args(argv)
     s = PRESETS[args.size]
+    if args.smoke:
+        s = dataclasses.replace(s, **SMOKE)
+    if args.max_train_seconds is not None:
+        s = dataclasses.replace(s, max_train_seconds=args.max_train_seconds)
     if args.steps:
         s = dataclasses.replace(s, steps=tuple(args.steps))
-    report = run(args.device, args.size, args.seeds, args.out, tuple(args.stages), not args.no_overfit, s)
+    if args.overfit_steps is not None:
+        s = dataclasses.replace(s, overfit_steps=args.overfit_steps)
+    report = run(args.device, args.size, args.seeds, args.out, tuple(args.networks), not args.no_overfit, s,
+                 args.jobs, args.tensorboard)
     print(format_table(report["table"], report["overfit"]))
     print(f"{report['seconds']:.0f} s on {args.device} ({torch.get_num_threads()} threads); wrote {args.out / 'probes.json'}")
+    if args.smoke:
+        print("smoke run: the command works end to end; its gaps and verdicts mean nothing")
+        return 0
     bad = [r for r in report["table"] if r["verdict"] == "FAIL"] + (
         [report["overfit"]] if report["overfit"] and report["overfit"]["verdict"] == "FAIL" else [])
     return 1 if bad else 0

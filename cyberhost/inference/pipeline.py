@@ -351,11 +351,13 @@ def _decode(model: CyberHost, latents: Tensor, n_keep: int, chunk: int, sink: Ca
 
 
 def _sample_segments(model: CyberHost, inputs: _Inputs, sampler: GuidedSampler, config: GenerateConfig,
-                     sink: Callable[[np.ndarray], None], bar: tqdm) -> None:
+                     sink: Callable[[np.ndarray], None], bar: tqdm,
+                     on_latents: Callable[[Tensor], None] | None = None) -> None:
     """The segment loop: conditions from the contract, reference net once per segment, DDIM with CFG, chunked decode.
 
     The first segment's motion frames are the reference latent repeated, which training shows
     (``transform.p_motion_reference``); later segments take the last generated latents.
+    ``on_latents`` receives each segment's latents ``(1, F, 4, h, w)`` before decoding.
     """
     plan, device = inputs.plan, next(model.parameters()).device
     generator = torch.Generator().manual_seed(config.seed)
@@ -372,6 +374,8 @@ def _sample_segments(model: CyberHost, inputs: _Inputs, sampler: GuidedSampler, 
         latents = sampler.sample(_ticking(denoise, bar), (1, plan.seg, *latent_shape), device, generator)
         if plan.num_motion:
             motion = _next_motion(motion, latents, plan.num_motion)
+        if on_latents is not None:
+            on_latents(latents)
         _decode(model, latents, min(plan.seg, plan.total - lo), config.decode_chunk, sink)
 
 
@@ -388,6 +392,7 @@ def generate_video(
     driving: str | Path | tuple[np.ndarray, float] | None = None,
     frames_dir: str | Path | None = None,
     progress: bool = True,
+    on_latents: Callable[[Tensor], None] | None = None,
 ) -> GenerationResult:
     """Generate a talking-body video from a reference image and audio with an in-memory model.
 
@@ -405,6 +410,8 @@ def generate_video(
         driving: driving video file (streamed) or ``(frames, fps)`` for the video/multimodal modes.
         frames_dir: also save every frame as PNG here.
         progress: show a tqdm bar over segments x steps.
+        on_latents: called with each segment's sampled latents ``(1, F, 4, h, w)`` (the probes'
+            overfit test compares them with the training clip's latents).
 
     Returns:
         What was generated (frames in memory only when ``output`` is None).
@@ -438,7 +445,7 @@ def generate_video(
     bar = tqdm(total=plan.segments * config.steps, desc="generate", unit="step", disable=not progress)
     try:
         with _autocast(next(model.parameters()).device, config.autocast):
-            _sample_segments(model, inputs, sampler, config, writer.write if writer else kept.append, bar)
+            _sample_segments(model, inputs, sampler, config, writer.write if writer else kept.append, bar, on_latents)
     finally:
         bar.close()
         model.state.clear()

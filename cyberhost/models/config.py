@@ -105,7 +105,11 @@ SIZES: dict[str, SizeSpec] = {
             latent_channels=4,
             norm_num_groups=4,
             sample_size=64,
-            scaling_factor=0.18215,
+            # 1 / std of this random VAE's latents (median over 12 init seeds on the sample clips'
+            # frames at 64x96: 0.246, seeds 0.17-0.37), as SD's 0.18215 is for its trained VAE. With
+            # SD's factor these latents have std ~0.045 and the noise drowns every condition
+            # (PROBES.md). Recomputed by ``python -m benchmarks.probes.calibrate``.
+            scaling_factor=4.0,
         ),
         motion_adapter=dict(
             block_out_channels=(32, 64),

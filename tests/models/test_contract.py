@@ -191,7 +191,8 @@ def _freeze_wav2vec2_and_half(encoder: AudioEncoder) -> None:
 
 PARTS = [
     Part("pose_encoder", lambda: PoseEncoder(3, 4, SPEC.pose_channels),
-         lambda g: {"x": _randn(g, B, 3, 8 * LATENT, 8 * LATENT)}, {"out": (B, 4, LATENT, LATENT)}, per_sample=("x",)),
+         lambda g: {"x": _randn(g, B, 3, 8 * LATENT, 8 * LATENT)}, {"out": (B, 4, LATENT, LATENT)}, per_sample=("x",),
+         bf16_tol=0.02),  # 8 convs deep; its init keeps the input's signal to the output (measured 1.6 %)
     Part("hand_encoder", lambda: HandEncoder(SPEC.hand_channels, SPEC.id_dim),
          lambda g: {"crops": _randn(g, B, 2, 3, 128, 128)}, {"out": (B, HAND_TOKENS, SPEC.id_dim)},
          per_sample=("crops",)),
