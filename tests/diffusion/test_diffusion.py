@@ -257,3 +257,27 @@ def test_sampler_matches_the_ddim_update_by_hand() -> None:
         x0 = (x - np.sqrt(1 - ab[t]) * eps) / np.sqrt(ab[t])
         x = np.sqrt(prev) * x0 + np.sqrt(1 - prev) * eps
     np.testing.assert_allclose(out.double().numpy(), x, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("prediction", "zero_snr"), [("epsilon", False), ("v_prediction", False), ("v_prediction", True)])
+def test_sampler_with_a_perfect_network_returns_the_clean_latents(prediction: str, zero_snr: bool) -> None:
+    """Training's targets and the sampler agree: a denoiser that returns exactly what training teaches
+    (``NoiseSchedule.target`` of the true x0 and the noise implied by x_t) samples x0 back, with guidance on."""
+    from cyberhost.diffusion import ScheduleConfig
+
+    schedule = NoiseSchedule(ScheduleConfig(prediction_type=prediction, zero_terminal_snr=zero_snr))
+    x0 = torch.randn(1, 3, 4, 5, 5, generator=torch.Generator().manual_seed(3)) * 0.8
+    ab = schedule.scheduler.alphas_cumprod.double()
+
+    def perfect(x: torch.Tensor, t: torch.Tensor, use_ref: bool, use_audio: bool) -> torch.Tensor:
+        a = ab[int(t[0])]
+        noise = (x.double() - a.sqrt() * x0.double()) / (1 - a).sqrt()  # the noise that made x_t from x0
+        return schedule.target(x0, noise.float(), t)
+
+    for steps in (10, 25):
+        out = GuidedSampler(schedule.sampling_scheduler(), SamplerConfig(steps=steps)).sample(
+            perfect, tuple(x0.shape), generator=torch.Generator().manual_seed(0))
+        # the last DDIM step lands on alpha_bar_0 (set_alpha_to_one=False), not on 1: sqrt(1 - alpha_bar_0) of noise
+        tolerance = 5 * float((1 - ab[0]).sqrt())  # max over 75 values of that Gaussian residual
+        assert float((out - x0).abs().max()) < tolerance, (steps, float((out - x0).abs().max()))
+        assert float((out - x0).pow(2).mean()) < 0.01 * float(x0.pow(2).mean())
