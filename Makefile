@@ -33,7 +33,7 @@ test: setup ## run the default test suite (CPU, a few minutes)
 	$(BIN)/python -m pytest -q
 
 test-slow: setup ## run the slow end-to-end checks too
-	$(BIN)/python -m pytest -q -m "slow or not slow and not gpu"
+	$(BIN)/python -m pytest -q -m "(slow or not slow) and not gpu and not probe"
 
 test-gpu: setup ## run the GPU tests (needs CUDA)
 	$(BIN)/python -m pytest -q -m gpu
