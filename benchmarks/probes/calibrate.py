@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
+from cyberhost.media.video import iter_video
 from cyberhost.models.config import SIZES
 
 SAMPLES = Path(__file__).resolve().parents[2] / "data_prep" / "samples"
@@ -30,8 +30,7 @@ def sample_frames(folder: Path = SAMPLES, every: int = 5) -> list[np.ndarray]:
     """Every ``every``-th RGB frame of each sample video."""
     frames = []
     for path in sorted(folder.glob("*.mp4")):
-        with av.open(str(path)) as container:
-            frames += [f.to_ndarray(format="rgb24") for i, f in enumerate(container.decode(video=0)) if i % every == 0]
+        frames += [f for i, f in enumerate(iter_video(path)) if i % every == 0]
     return frames
 
 

@@ -21,27 +21,35 @@ SILU_GAIN = 1.68
 """1 / sqrt(E[silu(x)^2]) for x ~ N(0, 1) (0.356): the init gain that keeps a conv-SiLU stack's scale."""
 
 
-def _conv_stack(in_channels: int, channels: tuple[int, ...], groups: int | None = None) -> nn.Sequential:
+class ConvStack(nn.Sequential):
     """conv-SiLU, then per further stage a stride-2 conv-SiLU and a conv-SiLU (halves size each stage).
 
-    The convs are initialised to keep the signal's scale through SiLU (fan-in normal, gain
-    ``SILU_GAIN``) with zero biases. PyTorch's default conv init (variance 1 / (3 fan_in), random
+    The convs are initialised to keep the signal's scale through SiLU (:meth:`init_scale`: fan-in
+    normal, gain ``SILU_GAIN``, zero biases). PyTorch's default conv init (variance 1 / (3 fan_in), random
     biases) shrinks the signal about 2.5x per conv-SiLU, so after the 7 convs of a 4-stage stack
     the input-dependent part of the output was ~1000x smaller than the biases' constant part: at
     init the encoders ignored their input (pose stack on sparse skeleton-like maps: std across
     inputs 2.8e-5 against a constant of 0.021; now 0.065 against 0.023), so the skeleton, hand and
-    face paths behind them could barely learn (PROBES.md, "Condition encoders").
+    face paths behind them could barely learn (PROBES.md, "Condition encoders"). A network built on
+    the meta device gets the same init (``cyberhost.models.init.RULES``).
     """
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, padding=1), nn.SiLU()]
-    for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
-        layers += [nn.Conv2d(c_in, c_out, 3, padding=1, stride=2), nn.SiLU(),
-                   nn.Conv2d(c_out, c_out, 3, padding=1), nn.SiLU()]
-    for layer in layers:
-        if isinstance(layer, nn.Conv2d):
-            fan_in = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
-            nn.init.normal_(layer.weight, std=SILU_GAIN / fan_in**0.5)
-            nn.init.zeros_(layer.bias)
-    return nn.Sequential(*layers)
+
+    def __init__(self, in_channels: int, channels: tuple[int, ...]) -> None:
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, padding=1), nn.SiLU()]
+        for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, stride=2), nn.SiLU(),
+                       nn.Conv2d(c_out, c_out, 3, padding=1), nn.SiLU()]
+        super().__init__(*layers)
+        self.init_scale()
+
+    @torch.no_grad()
+    def init_scale(self) -> None:
+        """Scale-keeping init of every conv (see the class docstring)."""
+        for layer in self:
+            if isinstance(layer, nn.Conv2d):
+                fan_in = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
+                nn.init.normal_(layer.weight, std=SILU_GAIN / fan_in**0.5)
+                nn.init.zeros_(layer.bias)
 
 
 class PoseEncoder(nn.Module):
@@ -55,7 +63,7 @@ class PoseEncoder(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, channels: tuple[int, ...]) -> None:
         super().__init__()
-        self.body = _conv_stack(in_channels, channels)
+        self.body = ConvStack(in_channels, channels)
         self.out = nn.Conv2d(channels[-1], out_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -83,7 +91,7 @@ class HandEncoder(nn.Module):
 
     def __init__(self, channels: tuple[int, ...], id_dim: int, grid: int = 4) -> None:
         super().__init__()
-        self.body = _conv_stack(3, channels)
+        self.body = ConvStack(3, channels)
         self.pool = nn.AdaptiveAvgPool2d(grid)
         self.proj = nn.Linear(channels[-1], id_dim)
         self.norm = nn.LayerNorm(id_dim)
@@ -111,7 +119,7 @@ class ConvFaceEncoder(nn.Module):
 
     def __init__(self, channels: tuple[int, ...], embed_dim: int = 512) -> None:
         super().__init__()
-        self.body = _conv_stack(3, channels)
+        self.body = ConvStack(3, channels)
         self.fc = nn.Linear(channels[-1], embed_dim)
         self.embed_dim = embed_dim
 
