@@ -21,35 +21,35 @@ SILU_GAIN = 1.68
 """1 / sqrt(E[silu(x)^2]) for x ~ N(0, 1) (0.356): the init gain that keeps a conv-SiLU stack's scale."""
 
 
+class ScaleKeepingConv(nn.Conv2d):
+    """A 3x3 conv whose init keeps the signal's scale through the SiLU after it (fan-in normal, gain
+    ``SILU_GAIN``, zero bias), in ``reset_parameters``: so an eager build and a network materialised
+    from the meta device (``cyberhost.models.init`` calls it per module, sharded or not) agree."""
+
+    def reset_parameters(self) -> None:
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        nn.init.normal_(self.weight, std=SILU_GAIN / fan_in**0.5)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
 class ConvStack(nn.Sequential):
     """conv-SiLU, then per further stage a stride-2 conv-SiLU and a conv-SiLU (halves size each stage).
 
-    The convs are initialised to keep the signal's scale through SiLU (:meth:`init_scale`: fan-in
-    normal, gain ``SILU_GAIN``, zero biases). PyTorch's default conv init (variance 1 / (3 fan_in), random
+    The convs are :class:`ScaleKeepingConv`. PyTorch's default conv init (variance 1 / (3 fan_in), random
     biases) shrinks the signal about 2.5x per conv-SiLU, so after the 7 convs of a 4-stage stack
     the input-dependent part of the output was ~1000x smaller than the biases' constant part: at
     init the encoders ignored their input (pose stack on sparse skeleton-like maps: std across
     inputs 2.8e-5 against a constant of 0.021; now 0.065 against 0.023), so the skeleton, hand and
-    face paths behind them could barely learn (PROBES.md, "Condition encoders"). A network built on
-    the meta device gets the same init (``cyberhost.models.init.RULES``).
+    face paths behind them could barely learn (PROBES.md, "Condition encoders").
     """
 
     def __init__(self, in_channels: int, channels: tuple[int, ...]) -> None:
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, padding=1), nn.SiLU()]
+        layers: list[nn.Module] = [ScaleKeepingConv(in_channels, channels[0], 3, padding=1), nn.SiLU()]
         for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, stride=2), nn.SiLU(),
-                       nn.Conv2d(c_out, c_out, 3, padding=1), nn.SiLU()]
+            layers += [ScaleKeepingConv(c_in, c_out, 3, padding=1, stride=2), nn.SiLU(),
+                       ScaleKeepingConv(c_out, c_out, 3, padding=1), nn.SiLU()]
         super().__init__(*layers)
-        self.init_scale()
-
-    @torch.no_grad()
-    def init_scale(self) -> None:
-        """Scale-keeping init of every conv (see the class docstring)."""
-        for layer in self:
-            if isinstance(layer, nn.Conv2d):
-                fan_in = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
-                nn.init.normal_(layer.weight, std=SILU_GAIN / fan_in**0.5)
-                nn.init.zeros_(layer.bias)
 
 
 class PoseEncoder(nn.Module):

@@ -28,7 +28,7 @@ from torch.nn.utils import parametrize
 from transformers import PreTrainedModel, Wav2Vec2Model
 
 from .attention import AddedCrossAttention
-from .encoders import ConvStack, HandClarityEmbedding, HandEncoder, PoseEncoder
+from .encoders import HandClarityEmbedding, HandEncoder, PoseEncoder
 from .rca import Codebook, HeatmapHead
 
 
@@ -55,7 +55,6 @@ def _sinusoid_table(module: SinusoidalPositionalEmbedding) -> None:
 
 
 RULES: dict[type[nn.Module], Callable[[nn.Module], None]] = {
-    ConvStack: lambda m: m.init_scale(),  # after its convs' own reset_parameters
     Codebook: lambda m: nn.init.normal_(m.weight, std=m.weight.shape[1] ** -0.5),  # randn(n, d) / sqrt(d)
     HandEncoder: lambda m: nn.init.normal_(m.hand_embedding, std=0.02),
     AddedCrossAttention: lambda m: _zero(m.attn.to_out[0]),
