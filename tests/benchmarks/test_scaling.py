@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks import scaling
+from tests.launch import run_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _launch(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "report.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "benchmarks.scaling", "--size", "tiny", "--cpu", "--steps", "2", "--warmup", "1",
-                           "--out", str(out), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_module("benchmarks.scaling", "--size", "tiny", "--cpu", "--steps", "2", "--warmup", "1", "--out", str(out), *args,
+               ranks=2)
     return json.loads(out.read_text())
 
 

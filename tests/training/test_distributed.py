@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.launch import run_module
 from tests.training.conftest import CONF, ROOT, scalars, tiny_args
 
 
@@ -151,11 +152,7 @@ def test_fsdp2_builds_on_meta_and_each_rank_fills_its_shards(tmp_path: Path) -> 
     stage1 = CyberHost(CyberHostConfig(size="tiny", stage=1)).state_dict()
     path = tmp_path / "stage1.safetensors"
     save_file({k: v.contiguous() for k, v in stage1.items() if not k.startswith("vae.")}, str(path))  # as an export
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "tests.training.fsdp_weights", str(path), str(tmp_path / "out")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_module("tests.training.fsdp_weights", str(path), str(tmp_path / "out"), ranks=2)
     report = json.loads((tmp_path / "out" / "rank0.json").read_text())
     assert report["built_on_meta"] and report["loaded_equal"] and report["loaded"] > 300 and report["finite"]
     assert report["halves_differ"] and report["zero_outputs"]

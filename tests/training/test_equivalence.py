@@ -28,16 +28,13 @@ noise seeded by rank, as before ``sample_draws``, the losses already differ). St
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.training.conftest import ROOT
+from tests.launch import run_module
 
 RTOL = 1e-4
 """Allowed |change (2 ranks) - change (1 process)| relative to the tensor's largest change (plus float32 spacing)."""
@@ -58,13 +55,7 @@ def _batch(stage: int, shards: Path, size: int, path: Path) -> Path:
 
 
 def _step(stage: int, overlay: str, batch: Path, out: Path, ranks: int, *device: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable]
-    if ranks > 1:
-        launch += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
-    proc = subprocess.run([*launch, "-m", "tests.training.equivalence", str(stage), overlay, str(batch), str(out), *device],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_module("tests.training.equivalence", str(stage), overlay, str(batch), str(out), *device, ranks=ranks)
     return json.loads((out / "report.json").read_text())
 
 
