@@ -54,6 +54,8 @@ class CompileConfig:
         dynamic: ``torch.compile``'s ``dynamic``: None = automatic (static first, sizes that then
             differ become dynamic: fewest compiles), False = one static graph per size (more
             compiles, fully specialised kernels).
+        classes: the block classes compiled (names of :data:`REGION_CLASSES`; empty = all), e.g.
+            only the attention blocks, whose graphs compile quickly.
     """
 
     enabled: bool = False
@@ -62,18 +64,30 @@ class CompileConfig:
     recompile_limit: int = 64
     backend: str = "inductor"
     dynamic: bool | None = None
+    classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.recompile_limit < 1:
             raise ValueError(f"compile.recompile_limit must be >= 1, got {self.recompile_limit}")
+        self.classes = tuple(self.classes)
+        unknown = sorted(set(self.classes) - set(REGION_CLASSES))
+        if unknown:
+            raise ValueError(f"compile.classes {unknown} are not region classes; choose from {list(REGION_CLASSES)}")
 
 
-def regions(model: nn.Module, vae: bool = True) -> Iterator[tuple[str, nn.Module]]:
-    """``(name, module)`` of every block :func:`compile_regions` compiles (outermost match only)."""
+def regions(model: nn.Module, vae: bool = True, classes: Sequence[str] = ()) -> Iterator[tuple[str, nn.Module]]:
+    """``(name, module)`` of every block :func:`compile_regions` compiles (outermost match only).
+
+    Args:
+        model: the network.
+        vae: include the VAE's blocks.
+        classes: only blocks of these classes (empty = all of :data:`REGION_CLASSES`).
+    """
     skip = () if vae else ("vae.",)
+    wanted = tuple(classes) or REGION_CLASSES
     taken: list[str] = []
     for name, module in model.named_modules():
-        if type(module).__name__ not in REGION_CLASSES or name.startswith(skip):
+        if type(module).__name__ not in wanted or name.startswith(skip):
             continue
         if any(name.startswith(t + ".") for t in taken):  # a region inside a compiled region
             continue
@@ -92,7 +106,7 @@ def compile_regions(model: nn.Module, config: CompileConfig | None = None) -> li
     torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit,
                                                             4 * config.recompile_limit)
     names, classes = [], set()
-    for name, module in regions(model, vae=config.vae):
+    for name, module in regions(model, vae=config.vae, classes=config.classes):
         if getattr(module, "_compiled_call_impl", None) is None:
             module.compile(mode=config.mode, backend=config.backend, dynamic=config.dynamic)
         names.append(name)
