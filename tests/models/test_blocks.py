@@ -147,3 +147,15 @@ def test_cast_frozen_keeps_trainable_float32() -> None:
     images = torch.rand(2, 3, 64, 64) * 2 - 1
     z = model.encode_images(images)
     assert z.dtype == torch.float32 and torch.isfinite(z).all()
+
+
+def test_compile_can_be_limited_to_some_classes() -> None:
+    model = build(2)
+    only = {type(m).__name__ for _, m in regions(model, classes=("RegionCodebookAttention", "AnimateDiffTransformer3D"))}
+    assert only == {"RegionCodebookAttention", "AnimateDiffTransformer3D"}
+    names = compile_regions(model, CompileConfig(enabled=True, backend="eager", classes=("RegionCodebookAttention",)))
+    assert names and all(getattr(m, "_compiled_call_impl", None) is not None for n, m in model.named_modules()
+                         if n in names)
+    assert all(getattr(m, "_compiled_call_impl", None) is None for _, m in regions(model, classes=("ResnetBlock2D",)))
+    with pytest.raises(ValueError, match="ResNet"):
+        CompileConfig(classes=("ResNet",))
