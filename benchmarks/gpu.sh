@@ -17,6 +17,9 @@
 # fast:       (only when named) stage 2 (additions only) through the Trainer: plain (with the eager yardsticks
 #             in the same process) against regional compilation + bf16 frozen weights, compiled with a cold
 #             and then a warm inductor cache; then tests/gpu/test_fast_path.py.
+# compiled:   (only when named) stage 2 (additions only) through the Trainer: plain with the eager yardsticks,
+#             then regional compilation (every region class, VAE eager) + bf16 frozen weights in a first
+#             process (cold inductor cache) and a second one (warm cache, INDUCTOR_CACHE, default /tmp).
 # memory:     (only when named) stage 2 (additions only) through the Trainer with bf16 frozen weights and
 #             selective checkpointing of the top-resolution blocks (CKPT_PATTERN): step time and peak memory.
 # losses:     (only when named) Eq. 6's diffusion and heatmap terms at init (benchmarks/loss_terms.py).
@@ -91,6 +94,16 @@ if want fast; then  # issue 12: stage 2 (added set) plain vs regional compile + 
         --frozen-bf16 --output "$out/fast_warm.json"
     part fast_test "${LIMIT_TESTS:-200}" $py -m pytest -q -m gpu tests/gpu/test_fast_path.py -p no:cacheprovider
   fi
+fi
+
+if want compiled; then  # issue 12: compile cold, then warm, against plain in one run
+  export TORCHINDUCTOR_CACHE_DIR="${INDUCTOR_CACHE:-/tmp/cyberhost-inductor}"
+  common=(--size sd15 --device cuda --stages 2 --steps 8 --warmup 3 --workers 8 --stage2-trainable added)
+  part plain "${LIMIT_PLAIN:-100}" $py -m benchmarks.train "${common[@]}" --yardstick --output "$out/plain.json"
+  for run in cold warm; do
+    part "compiled_$run" "${LIMIT_COMPILED:-320}" $py -m benchmarks.train "${common[@]}" --compile --compile-vae false \
+        --frozen-bf16 --output "$out/compiled_$run.json"
+  done
 fi
 
 if want memory; then  # issue 12 item 2: the added set under 40 GiB without full checkpointing
