@@ -159,3 +159,28 @@ def test_compile_can_be_limited_to_some_classes() -> None:
     assert all(getattr(m, "_compiled_call_impl", None) is None for _, m in regions(model, classes=("ResnetBlock2D",)))
     with pytest.raises(ValueError, match="ResNet"):
         CompileConfig(classes=("ResNet",))
+
+
+def test_condition_dropout_compiles_once_per_mode() -> None:
+    """CFG dropout switches the attention between three code paths (reference kept, dropped, mixed in
+    the batch; audio dropped is a multiply): each compiles the first time it is seen, never again."""
+    torch._dynamo.reset()
+    counters.clear()
+    plain, fast = build(2, stage2_trainable="all"), build(2, stage2_trainable="all")
+    wake_zero_inits(plain)
+    wake_zero_inits(fast)
+    compile_regions(fast, CompileConfig(enabled=True, backend="eager"))
+    modes = {"kept": [False, False], "dropped": [True, True], "mixed": [True, False]}
+    after = {}
+    for rounds in range(2):
+        for name, flags in modes.items():
+            drops = {"drop_reference": torch.tensor(flags), "drop_audio": torch.tensor(flags[::-1])}
+            x = inputs(2, seed=20 + rounds)
+            got = run(fast, x, **drops)[0].sample
+            want = run(plain, x, **drops)[0].sample
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+            if rounds == 0:
+                after[name] = _graphs()
+            else:
+                assert _graphs() == after["mixed"], f"{name} compiled again"
+    assert after["kept"] < after["dropped"] <= after["mixed"] <= 3 * after["kept"], after
