@@ -164,8 +164,8 @@ class Settings:
         sample_steps: DDIM steps of its generation.
         workers: DataLoader worker processes (0 on 2 CPU cores: the network needs both).
         jobs: (network, seed) jobs run at once in their own processes (see :func:`run`).
-        prediction_type: what the probe networks predict (see the module docstring; the overfit
-            test uses the schedule's default, epsilon, as training does by default).
+        prediction_type: what the probe networks predict (the overfit test uses
+            :data:`OVERFIT_SCHEDULE`).
         alpha: the face/hand reweighting of the diffusion loss (Eq. 6's alpha) the networks train with.
         max_train_seconds: wall-clock cap on each job's training (0: none): a job stops at its
             steps or at the cap, whichever comes first, and records the steps it did. It time-boxes
@@ -180,7 +180,7 @@ class Settings:
     eval_clips: int = 16
     eval_batch: int = 8
     draws: int = 2
-    overfit_steps: int = 150
+    overfit_steps: int = 800
     sample_steps: int = 10
     workers: int = 0
     jobs: int = 2
@@ -238,15 +238,16 @@ def datamodule(net: Network, train: Path, held_out: Path, s: Settings, batch: in
                samples_per_epoch=1 << 20, pin_memory=False, buckets=buckets(), transform=tcfg or transform(net))
 
 
-def build_module(stage: int, s: Settings, seed: int, device: str, prediction_type: str | None = None) -> CyberHostModule:
+def build_module(stage: int, s: Settings, seed: int, device: str,
+                 schedule: ScheduleConfig | None = None) -> CyberHostModule:
     """A random-init module of the stage (stage 2 from random stage-1 weights, every part trained).
 
-    ``prediction_type`` None = ``s.prediction_type``.
+    ``schedule`` None = the default schedule with ``s.prediction_type``.
     """
     torch.manual_seed(seed)
     cfg = CyberHostConfig(size=s.size, stage=stage, stage2_trainable="all")
     optim = OptimConfig(lr=s.lr, weight_decay=0.0)
-    schedule = ScheduleConfig(prediction_type=prediction_type or s.prediction_type)
+    schedule = schedule or ScheduleConfig(prediction_type=s.prediction_type)
     loss = LossConfig(alpha=s.alpha)
     module = Stage1Module(model=cfg, optim=optim, schedule=schedule, loss=loss, seed=seed) if stage == 1 else (
         Stage2Module(RANDOM_STAGE1, model=cfg, optim=optim, schedule=schedule, loss=loss, seed=seed))
@@ -505,6 +506,23 @@ def _how(p: Probe) -> str:
 
 OVERFIT_MIN_DB = 3.0
 """Smallest margin (dB) over the repeated-reference baseline the overfit test accepts."""
+OVERFIT_SCHEDULE = ScheduleConfig(prediction_type="v_prediction", zero_terminal_snr=True)
+"""The overfit test's schedule (a project option, ``schedule.prediction_type`` / ``zero_terminal_snr``).
+
+With the default epsilon prediction the test cannot tell a wiring bug from an imperfect fit: the
+clean-latent estimate of the first sampling step is ``(x_t - sqrt(1 - abar) eps) / sqrt(abar)``,
+which multiplies the network's epsilon error by ``1 / abar`` ~ 200 at t = 999. Measured on the
+tiny network after 400 steps (CPU): with the *training* conditions the estimate's MSE was 7.1 at
+t = 999 and 2.4 at t = 900 against a baseline of 0.45, though only 0.12 at t = 500, and every
+sampler (10-50 DDIM steps, with or without guidance) ended at MSE 0.9-1.3, worse than the
+baseline; the generation conditions gave the same errors as the training ones at every t. With
+v-prediction on the zero-terminal-SNR schedule the first step's estimate is the network's own
+x0, and the same chain reaches the clip (PROBES.md)."""
+OVERFIT_DROPOUT = 0.3
+"""Reference and audio dropout of the overfit run: guidance (2.5 / 4.5) extrapolates along
+``cond - uncond``, so the branches without reference or audio must be fitted too; at the probes'
+0.05 / 0.1 the guided sample overshot (std 1.0 against the clip's 0.86; 2.0 dB after 800 steps,
+3.0-3.2 dB at 0.3)."""
 
 
 def overfit_and_sample(s: Settings, device: str, root: Path, tb_dir: Path | None = None,
@@ -534,9 +552,10 @@ def overfit_and_sample(s: Settings, device: str, root: Path, tb_dir: Path | None
     clip = clips.stage2_clip("probeover-0000", 7, num_frames=n, sharp=True)
     copies = [dict(clip, key=f"probeover{i}-0000") for i in range(8)]  # a stream batch needs several clips
     train_dir = clips.write_clips(root / "overfit/train", copies)
-    tcfg = dataclasses.replace(transform(net), p_motion_reference=0.5)
+    tcfg = dataclasses.replace(transform(net), p_motion_reference=0.5, p_drop_reference=OVERFIT_DROPOUT,
+                               p_drop_audio=OVERFIT_DROPOUT)
     dm = datamodule(net, train_dir, train_dir, dataclasses.replace(s, eval_batch=1, eval_clips=1), 2, 0, tcfg)
-    module = build_module(2, s, 0, device, ScheduleConfig().prediction_type)
+    module = build_module(2, s, 0, device, OVERFIT_SCHEDULE)
     final, done = train(module, iter(dm.train_dataloader()), s.overfit_steps, device, 0, writer, "overfit",
                         s.max_train_seconds)
     settings = InferenceSettings(model=module.model.config, transform=tcfg, schedule=module.schedule_config,
