@@ -246,7 +246,7 @@ def frame_sounds(levels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     The sound's *kind* rather than its loudness carries the level: wav2vec2 normalises the waveform
     and each feature vector (layer norm per time step), so the loudness of white noise barely
     survives it (a linear read-out of the tiny random wav2vec2's features recovered R^2 0.25 of a
-    noise envelope, 0.71 of these three sounds).
+    noise envelope; held out, 0.57 of these three sounds: ``benchmarks.probes.audio_check``).
     """
     per = round(AUDIO_SAMPLE_RATE / FPS)
     t = np.arange(per) / AUDIO_SAMPLE_RATE

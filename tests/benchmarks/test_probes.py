@@ -202,3 +202,19 @@ def test_conditions_are_learned(tmp_path: Path) -> None:
     bad = [r["condition"] for r in report["table"] if r["verdict"] != "pass"]
     assert not bad, run.format_table(report["table"], report["overfit"])
     assert report["overfit"]["verdict"] == "pass"
+
+
+def test_audio_check_oracle_features_carry_each_frames_sound() -> None:
+    """The oracle of ``audio_check`` has the features' shape and tells the three sounds apart in every frame."""
+    from benchmarks.probes import audio_check
+
+    module = run.build_module(2, run.PRESETS["tiny"], 0, "cpu")
+    enc = module.model.audio
+    levels = np.array([0, 1, 2, 2, 0, 1])
+    wave = torch.from_numpy(clips.frame_sounds(levels, np.random.default_rng(3)))[None]
+    got = audio_check.oracle_features(enc, wave, len(levels))
+    assert got.shape == enc.features(wave, len(levels)).shape
+    first = got[0, :, 0, :3]  # (F, 3): RMS, energy at each tone
+    assert (first[levels == 0, 0] < first[levels > 0, 0].min()).all()  # quiet noise is quietest
+    assert (first[levels == 1, 1] > first[levels == 2, 1].max()).all()  # the low tone shows at 300 Hz
+    assert (first[levels == 2, 2] > first[levels == 1, 2].max()).all()  # the high tone at 2400 Hz
