@@ -579,6 +579,7 @@ def overfit_and_sample(s: Settings, device: str, root: Path, tb_dir: Path | None
     t = clips.TARGETS
     seg = [float((sample[:, i * t : (i + 1) * t] - truth[:, i * t : (i + 1) * t]).pow(2).mean()) for i in range(2)]
     out = {"train_steps": s.overfit_steps, "steps_done": done, "train_loss": final, "sample_steps": s.sample_steps,
+           "schedule": dataclasses.asdict(OVERFIT_SCHEDULE), "dropout": OVERFIT_DROPOUT,
            "mse_sampled": mse[0], "mse_baseline": mse[1], "mse_segments": seg,
            "margin_db": 10 * math.log10(mse[1] / mse[0]),
            "margin_db_segments": [10 * math.log10(mse[1] / m) for m in seg], "seconds": time.perf_counter() - t0}
