@@ -10,6 +10,10 @@ cuts it): a ridge read-out's held-out R^2 and a nearest-class-mean accuracy (cha
 waveform's RMS and its energy at the two probe tones, tiled to the features' shape. Everything
 after the features is the product's (frame windows, projection MLP, audio attention, dropout), so a
 gap here shows that path learns and that the plain probe's failure lies in the features.
+
+``python -m benchmarks.probes.audio_check tones --tones 100 800 6000 --out DIR`` trains the same
+network with the plain wav2vec2 features on clips whose three sounds are these tones (instead of
+:data:`benchmarks.probes.clips.SOUND_TONES`).
 """
 
 from __future__ import annotations
@@ -69,21 +73,26 @@ def oracle_features(self: AudioEncoder, waveform: Tensor, num_frames: int) -> Te
     return v.repeat(1, 1, -(-size // v.shape[-1]))[..., :size].view(b, num_frames, self.layers, -1)
 
 
-def oracle(out: Path, steps: int, seeds: int = 1) -> dict:
-    """The stage-2 probe network trained and measured with :func:`oracle_features`."""
-    original = AudioEncoder.features
-    AudioEncoder.features = oracle_features
+def stage2_probe(out: Path, steps: int, seeds: int = 1, tones: tuple[float | None, ...] | None = None,
+                 use_oracle: bool = False) -> dict:
+    """The stage-2 probe network (tiny, in this process) with the :func:`oracle_features` and/or other sounds."""
+    original, sounds = AudioEncoder.features, clips.SOUND_TONES
+    if use_oracle:
+        AudioEncoder.features = oracle_features
+    if tones:
+        clips.SOUND_TONES = tuple(tones)
     try:
         s = probes.PRESETS["tiny"]
         s = dataclasses.replace(s, steps=(s.steps[0], steps, s.steps[2]))
         return probes.run("cpu", "tiny", seeds, out, ("stage2",), False, s, jobs=1)
     finally:
-        AudioEncoder.features = original
+        AudioEncoder.features, clips.SOUND_TONES = original, sounds
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["readout", "oracle"])
+    p.add_argument("what", choices=["readout", "oracle", "tones"])
+    p.add_argument("--tones", type=float, nargs=3, default=[100.0, 800.0, 6000.0], help="Hz of the three sounds (tones)")
     p.add_argument("--out", type=Path, default=Path("runs/probe-audio-oracle"))
     p.add_argument("--steps", type=int, default=probes.PRESETS["tiny"].steps[1])
     p.add_argument("--seeds", type=int, default=1)
@@ -91,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.what == "readout":
         print(readout())
         return
-    report = oracle(args.out, args.steps, args.seeds)
+    oracle = args.what == "oracle"
+    report = stage2_probe(args.out, args.steps, args.seeds, None if oracle else tuple(args.tones), oracle)
     for row in report["table"]:
         if row["condition"].startswith("audio"):
             print(row["condition"], f"{100 * row['rel_gap']:+.2f} %", row["verdict"], row.get("per_seed"))
