@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch._dynamo.utils import counters
 
-from benchmarks.model_step import Shapes, _time_steps, cyberhost_steps, measure_peak
+from benchmarks.model_step import Shapes, _count_flops, _sync, _time_steps, cyberhost_steps, measure_peak
 from cyberhost.models.blocks import REGION_CLASSES, CompileConfig, compile_regions, regions
 
 
@@ -40,10 +40,10 @@ def _graphs() -> int:
 
 
 def _wall(step: Any, device: torch.device) -> float:
-    torch.cuda.synchronize(device) if device.type == "cuda" else None
+    _sync(device)
     start = time.perf_counter()
     step()
-    torch.cuda.synchronize(device) if device.type == "cuda" else None
+    _sync(device)
     return time.perf_counter() - start
 
 
@@ -77,12 +77,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         step, model, items, _ = cyberhost_steps("stage2", args.size, shp, device, False, False)
     if args.frozen_bf16:
         model.cast_frozen()
-    flops = None
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops = float(counter.get_total_flops())
+    flops = _count_flops(step)
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "peak_tflops": peak / 1e12, "tflop_per_step": flops / 1e12,
             "frames": items, "size": args.size, "frozen_bf16": args.frozen_bf16, "dynamic": args.dynamic,
