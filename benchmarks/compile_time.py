@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--classes", nargs="+", default=list(REGION_CLASSES), choices=REGION_CLASSES)
     p.add_argument("--together", action="store_true", help="compile all --classes at once (one row)")
     p.add_argument("--dynamic", choices=["auto", "true", "false"], default="auto")
+    p.add_argument("--backend", default="inductor", help="torch.compile backend (the test uses eager: no C++ compiler needed)")
     p.add_argument("--frozen-bf16", action="store_true")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--json", type=Path, required=True)
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     flops = _count_flops(step)
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "peak_tflops": peak / 1e12, "tflop_per_step": flops / 1e12,
-            "frames": items, "size": args.size, "frozen_bf16": args.frozen_bf16, "dynamic": args.dynamic,
+            "frames": items, "size": args.size, "frozen_bf16": args.frozen_bf16, "dynamic": args.dynamic, "backend": args.backend,
             "inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default"), "together": args.together}
     rows: list[dict[str, Any]] = []
 
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     done: list[str] = []
     for group in groups:
         blocks = [n for n, _ in regions(model, vae=False, classes=group)]
-        compile_regions(model, CompileConfig(enabled=True, vae=False, classes=group, dynamic=dynamic))
+        compile_regions(model, CompileConfig(enabled=True, vae=False, classes=group, dynamic=dynamic,
+                                                   backend=args.backend))
         before = _graphs()
         first = _wall(step, device)
         graphs = _graphs() - before
