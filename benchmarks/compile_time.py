@@ -31,8 +31,16 @@ from typing import Any
 import torch
 from torch._dynamo.utils import counters
 
-from benchmarks.model_step import Shapes, _count_flops, _sync, _time_steps, cyberhost_steps, measure_peak
-from cyberhost.models.blocks import REGION_CLASSES, CompileConfig, compile_regions, regions
+from benchmarks.model_step import (
+    COMPILE_DYNAMIC,
+    Shapes,
+    _count_flops,
+    _sync,
+    _time_steps,
+    cyberhost_steps,
+    measure_peak,
+)
+from cyberhost.models.blocks import REGION_CLASSES, CompileConfig, compile_regions
 
 
 def _graphs() -> int:
@@ -62,7 +70,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--device", default="cuda")
     p.add_argument("--classes", nargs="+", default=list(REGION_CLASSES), choices=REGION_CLASSES)
     p.add_argument("--together", action="store_true", help="compile all --classes at once (one row)")
-    p.add_argument("--dynamic", choices=["auto", "true", "false"], default="auto")
+    p.add_argument("--dynamic", choices=sorted(COMPILE_DYNAMIC), default="auto")
     p.add_argument("--backend", default="inductor", help="torch.compile backend (the test uses eager: no C++ compiler needed)")
     p.add_argument("--frozen-bf16", action="store_true")
     p.add_argument("--steps", type=int, default=5)
@@ -94,13 +102,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     _wall(step, device)  # warm the eager kernels and the allocator
     record({"compiled": [], **_measure(step, device, args.steps)})
-    dynamic = {"auto": None, "true": True, "false": False}[args.dynamic]
+    dynamic = COMPILE_DYNAMIC[args.dynamic]
     groups = [tuple(args.classes)] if args.together else [(c,) for c in args.classes]
     done: list[str] = []
     for group in groups:
-        blocks = [n for n, _ in regions(model, vae=False, classes=group)]
-        compile_regions(model, CompileConfig(enabled=True, vae=False, classes=group, dynamic=dynamic,
-                                                   backend=args.backend))
+        blocks = compile_regions(model, CompileConfig(enabled=True, vae=False, classes=group, dynamic=dynamic,
+                                                      backend=args.backend))
         before = _graphs()
         first = _wall(step, device)
         graphs = _graphs() - before

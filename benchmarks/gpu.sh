@@ -48,6 +48,9 @@ part() {  # part NAME LIMIT CMD...: run with a time limit, log, and record the e
 
 want() { [[ " ${parts[*]} " == *" $1 "* ]]; }
 
+# the issue-12 parts (fast, compiled, memory): stage 2 with the additions-only trainable set through the Trainer
+stage2_added=(--size sd15 --device cuda --stages 2 --steps 8 --warmup 3 --workers 8 --stage2-trainable added)
+
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $py -c 'import torch, diffusers, lightning; print("torch", torch.__version__, "diffusers", diffusers.__version__, "lightning", lightning.__version__)'
 } 2>&1 | tee -a "$log" "$out/summary.txt"
@@ -84,13 +87,12 @@ fi
 
 if want fast; then  # issue 12: stage 2 (added set) plain vs regional compile + bf16 frozen weights, cold then warm cache
   export TORCHINDUCTOR_CACHE_DIR="$out/inductor-cache"
-  common=(--size sd15 --device cuda --stages 2 --steps 8 --warmup 3 --workers 8 --stage2-trainable added)
-  part fast_cold "${LIMIT_FAST:-250}" $py -m benchmarks.train "${common[@]}" --compile --compile-dynamic true \
+  part fast_cold "${LIMIT_FAST:-250}" $py -m benchmarks.train "${stage2_added[@]}" --compile --compile-dynamic true \
       --frozen-bf16 --output "$out/fast_cold.json"
-  part plain "${LIMIT_TRAIN:-170}" $py -m benchmarks.train "${common[@]}" --yardstick --output "$out/plain.json"
-  part bf16_frozen "${LIMIT_TRAIN:-140}" $py -m benchmarks.train "${common[@]}" --frozen-bf16 --output "$out/bf16_frozen.json"
+  part plain "${LIMIT_TRAIN:-170}" $py -m benchmarks.train "${stage2_added[@]}" --yardstick --output "$out/plain.json"
+  part bf16_frozen "${LIMIT_TRAIN:-140}" $py -m benchmarks.train "${stage2_added[@]}" --frozen-bf16 --output "$out/bf16_frozen.json"
   if [[ -n "${FAST_WARM:-}" ]]; then
-    part fast_warm "${LIMIT_FAST:-330}" $py -m benchmarks.train "${common[@]}" --compile --compile-dynamic true \
+    part fast_warm "${LIMIT_FAST:-330}" $py -m benchmarks.train "${stage2_added[@]}" --compile --compile-dynamic true \
         --frozen-bf16 --output "$out/fast_warm.json"
     part fast_test "${LIMIT_TESTS:-200}" $py -m pytest -q -m gpu tests/gpu/test_fast_path.py -p no:cacheprovider
   fi
@@ -98,17 +100,15 @@ fi
 
 if want compiled; then  # issue 12: compile cold, then warm, against plain in one run
   export TORCHINDUCTOR_CACHE_DIR="${INDUCTOR_CACHE:-/tmp/cyberhost-inductor}"
-  common=(--size sd15 --device cuda --stages 2 --steps 8 --warmup 3 --workers 8 --stage2-trainable added)
-  part plain "${LIMIT_PLAIN:-100}" $py -m benchmarks.train "${common[@]}" --yardstick --output "$out/plain.json"
+  part plain "${LIMIT_PLAIN:-100}" $py -m benchmarks.train "${stage2_added[@]}" --yardstick --output "$out/plain.json"
   for run in cold warm; do
-    part "compiled_$run" "${LIMIT_COMPILED:-320}" $py -m benchmarks.train "${common[@]}" --compile --compile-vae false \
+    part "compiled_$run" "${LIMIT_COMPILED:-320}" $py -m benchmarks.train "${stage2_added[@]}" --compile --compile-vae false \
         --frozen-bf16 --output "$out/compiled_$run.json"
   done
 fi
 
 if want memory; then  # issue 12 item 2: the added set under 40 GiB without full checkpointing
-  common=(--size sd15 --device cuda --stages 2 --steps 8 --warmup 3 --workers 8 --stage2-trainable added)
-  part memory_bf16_top "${LIMIT_TRAIN:-140}" $py -m benchmarks.train "${common[@]}" --frozen-bf16 \
+  part memory_bf16_top "${LIMIT_TRAIN:-140}" $py -m benchmarks.train "${stage2_added[@]}" --frozen-bf16 \
       --checkpoint "${CKPT_PATTERN:-^unet\.(down_blocks\.0|up_blocks\.3)\.}" --output "$out/memory_bf16_top.json"
 fi
 

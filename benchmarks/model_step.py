@@ -37,6 +37,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from cyberhost.models import SIZES, CyberHost, CyberHostConfig
 
 CASES = ("yard1", "yard1_ckpt", "yard2", "yard2_ckpt", "stage1", "stage1_ckpt", "stage2", "stage2_ckpt")
+COMPILE_DYNAMIC = {"auto": None, "true": True, "false": False}
+"""A ``--compile-dynamic`` choice -> ``CompileConfig.dynamic`` (``benchmarks.train``, ``benchmarks.compile_time``)."""
 
 
 @dataclass

@@ -30,7 +30,7 @@ import torch
 from torch._dynamo.utils import counters
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.model_step import measure_peak
+from benchmarks.model_step import COMPILE_DYNAMIC, measure_peak
 from benchmarks.synthetic import write_shards
 from cyberhost.data.buckets import BucketConfig
 from cyberhost.data.datamodule import Stage1DataModule, Stage2DataModule
@@ -128,7 +128,7 @@ def run_stage(stage: int, args: argparse.Namespace, shards: Path, peak: float) -
     """Fit ``warmup + steps`` steps of one stage and report its throughput."""
     device = torch.device(args.device)
     precision = "bf16-mixed" if device.type == "cuda" else "32-true"
-    dynamic = {"auto": None, "true": True, "false": False}[args.compile_dynamic]
+    dynamic = COMPILE_DYNAMIC[args.compile_dynamic]
     classes = tuple(args.compile_classes or ())
     compile_cfg = CompileConfig(enabled=args.compile, dynamic=dynamic, vae=args.compile_vae == "true", classes=classes)
     fast = {"compile": compile_cfg, "frozen_bf16": args.frozen_bf16}
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--checkpoint", nargs="+", default=[], metavar="REGEX",
                         help="selective checkpointing: only the blocks matching these regexes")
     parser.add_argument("--compile", action="store_true", help="regional torch.compile (model.compile)")
-    parser.add_argument("--compile-dynamic", choices=["auto", "true", "false"], default="auto",
+    parser.add_argument("--compile-dynamic", choices=sorted(COMPILE_DYNAMIC), default="auto",
                         help="torch.compile dynamic= (auto: static first, then dynamic sizes)")
     parser.add_argument("--compile-classes", nargs="+", default=None, metavar="CLASS",
                         help="compile only these region classes (default: all of cyberhost.models.blocks.REGION_CLASSES)")
