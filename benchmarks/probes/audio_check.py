@@ -1,6 +1,10 @@
 """Why the audio probe fails: is it the audio path, or the random wav2vec2's features? (PROBES.md, "Audio")
 
-``python -m benchmarks.probes.audio_check readout`` measures how much of each probe frame's sound
+The probes' default audio features are now a stand-in (:mod:`benchmarks.probes.audio_encoder`);
+these diagnostics are about the product's wav2vec2 with random weights (``Settings.audio =
+"wav2vec2"``), which the stand-in replaced.
+
+``python -m benchmarks.probes.audio_check readout [--audio bands]`` measures how much of each probe frame's sound
 class (:func:`benchmarks.probes.clips.frame_sounds`) the frozen random-init tiny wav2vec2's
 features keep at the video frame times (``AudioEncoder.features``, the targets' audio as training
 cuts it): a ridge read-out's held-out R^2 and a nearest-class-mean accuracy (chance 1/3).
@@ -32,10 +36,10 @@ from cyberhost.data.schema import AUDIO_SAMPLE_RATE
 from cyberhost.models.audio import AudioEncoder
 
 
-def readout(clips_n: int = 200, seed: int = 0) -> dict[str, float]:
-    """Held-out R^2 and nearest-mean accuracy of the sound class from the frozen features."""
+def readout(clips_n: int = 200, seed: int = 0, audio: str = "wav2vec2") -> dict[str, float]:
+    """Held-out R^2 and nearest-mean accuracy of the sound class from the frozen features (``Settings.audio``)."""
     torch.manual_seed(seed)
-    module = probes.build_module(2, probes.PRESETS["tiny"], seed, "cpu")
+    module = probes.build_module(2, dataclasses.replace(probes.PRESETS["tiny"], audio=audio), seed, "cpu")
     enc = module.model.audio
     n = clips.MOTION + clips.TARGETS
     feats, labels = [], []
@@ -83,7 +87,7 @@ def stage2_probe(out: Path, steps: int, seeds: int = 1, tones: tuple[float | Non
         clips.SOUND_TONES = tuple(tones)
     try:
         s = probes.PRESETS["tiny"]
-        s = dataclasses.replace(s, steps=(s.steps[0], steps, s.steps[2]))
+        s = dataclasses.replace(s, steps=(s.steps[0], steps, s.steps[2]), audio="wav2vec2")
         return probes.run("cpu", "tiny", seeds, out, ("stage2",), False, s, jobs=1)
     finally:
         AudioEncoder.features, clips.SOUND_TONES = original, sounds
@@ -96,9 +100,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/probe-audio-oracle"))
     p.add_argument("--steps", type=int, default=probes.PRESETS["tiny"].steps[1])
     p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--audio", choices=probes.AUDIO_FEATURES, default="wav2vec2", help="readout: whose features")
     args = p.parse_args(argv)
     if args.what == "readout":
-        print(readout())
+        print(readout(audio=args.audio))
         return
     oracle = args.what == "oracle"
     report = stage2_probe(args.out, args.steps, args.seeds, None if oracle else tuple(args.tones), oracle)

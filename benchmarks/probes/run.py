@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from benchmarks.probes import clips
+from benchmarks.probes.audio_encoder import use_band_energies
 from cyberhost.data.buckets import BucketConfig
 from cyberhost.data.datamodule import Stage1DataModule, Stage2DataModule
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE
@@ -170,6 +171,10 @@ class Settings:
         max_train_seconds: wall-clock cap on each job's training (0: none): a job stops at its
             steps or at the cap, whichever comes first, and records the steps it did. It time-boxes
             the GPU run; a capped network has trained less, which its gaps then show.
+        audio: the frozen audio features of the stage-2 networks: ``bands``, the probes' stand-in for a
+            pretrained wav2vec2 (:mod:`benchmarks.probes.audio_encoder`), or ``wav2vec2``, the
+            product's encoder with random weights (too little of each frame's sound survives it for
+            the audio probe to pass; PROBES.md, "Audio").
     """
 
     size: str = "tiny"
@@ -187,13 +192,18 @@ class Settings:
     prediction_type: str = "v_prediction"
     max_train_seconds: float = 0.0
     alpha: float = LossConfig().alpha
+    audio: str = "bands"
 
+
+AUDIO_FEATURES = ("bands", "wav2vec2")
 
 PRESETS = {
     "tiny": Settings(),
     # one H200 in <= 8 minutes: 10 jobs (3 networks x 3 seeds + overfit), 5 at once (two rounds), each
-    # capped at 150 s of training; 5 jobs x (1 + 2 loader workers) fill the host's 16 cores
-    "wide": Settings(size="wide", steps=(3000, 2000, 2000), batch=(8, 8, 8), train_clips=1024, eval_clips=32,
+    # capped at 150 s of training; 5 jobs x (1 + 2 loader workers) fill the host's 16 cores. Batch 16 (was 8,
+    # at 0.27 s/step with 5 jobs at once): a step this small should be bound by kernel launches, not the GPU,
+    # so twice the clips per capped second; the run's s/step in probes.json shows whether it was
+    "wide": Settings(size="wide", steps=(3000, 2000, 2000), batch=(16, 16, 16), train_clips=1024, eval_clips=32,
                      draws=4, overfit_steps=1500, sample_steps=25, workers=2, jobs=5, max_train_seconds=150.0),
 }
 
@@ -242,6 +252,8 @@ def build_module(stage: int, s: Settings, seed: int, device: str,
                  schedule: ScheduleConfig | None = None) -> CyberHostModule:
     """A random-init module of the stage (stage 2 from random stage-1 weights, every part trained).
 
+    Stage 2's frozen audio features are ``s.audio``'s (:class:`Settings`).
+
     ``schedule`` None = the default schedule with ``s.prediction_type``.
     """
     torch.manual_seed(seed)
@@ -251,6 +263,10 @@ def build_module(stage: int, s: Settings, seed: int, device: str,
     loss = LossConfig(alpha=s.alpha)
     module = Stage1Module(model=cfg, optim=optim, schedule=schedule, loss=loss, seed=seed) if stage == 1 else (
         Stage2Module(RANDOM_STAGE1, model=cfg, optim=optim, schedule=schedule, loss=loss, seed=seed))
+    if s.audio not in AUDIO_FEATURES:
+        raise ValueError(f"audio features must be one of {AUDIO_FEATURES}, got {s.audio!r}")
+    if stage == 2 and s.audio == "bands":
+        module.model.audio = use_band_energies(module.model.audio)
     return module.to(device)
 
 
@@ -725,6 +741,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tensorboard", type=Path, default=None, help="TensorBoard folder (default: OUT/tb)")
     p.add_argument("--max-train-seconds", type=float, default=None,
                    help="cap on each job's training time, seconds (default: preset; 0: none)")
+    p.add_argument("--audio", choices=AUDIO_FEATURES, default=None,
+                   help="stage-2 frozen audio features (default: preset, bands; see Settings.audio)")
     p.add_argument("--smoke", action="store_true",
                    help="a few steps and clips per job: checks that the command runs (its numbers mean nothing)")
     args = p.parse_args(argv)
@@ -737,6 +755,8 @@ def main(argv: list[str] | None = None) -> int:
         s = dataclasses.replace(s, steps=tuple(args.steps))
     if args.overfit_steps is not None:
         s = dataclasses.replace(s, overfit_steps=args.overfit_steps)
+    if args.audio is not None:
+        s = dataclasses.replace(s, audio=args.audio)
     report = run(args.device, args.size, args.seeds, args.out, tuple(args.networks), not args.no_overfit, s,
                  args.jobs, args.tensorboard)
     print(format_table(report["table"], report["overfit"]))

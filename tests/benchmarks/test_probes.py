@@ -218,3 +218,29 @@ def test_audio_check_oracle_features_carry_each_frames_sound() -> None:
     assert (first[levels == 0, 0] < first[levels > 0, 0].min()).all()  # quiet noise is quietest
     assert (first[levels == 1, 1] > first[levels == 2, 1].max()).all()  # the low tone shows at 300 Hz
     assert (first[levels == 2, 2] > first[levels == 1, 2].max()).all()  # the high tone at 2400 Hz
+
+
+def test_band_energy_stand_in_is_time_local_and_keeps_the_product_projection() -> None:
+    """The probes' stand-in audio features: frame i reads only its own samples, tell the sounds apart,
+    and the stage-2 network keeps the product's trainable projection behind them."""
+    from benchmarks.probes import audio_check
+    from benchmarks.probes.audio_encoder import BandEnergyAudio
+
+    module = run.build_module(2, run.PRESETS["tiny"], 0, "cpu")
+    enc = module.model.audio
+    assert isinstance(enc, BandEnergyAudio) and module.model.audio is enc
+    assert all(p.requires_grad for p in enc.proj.parameters())
+    assert not any(p.requires_grad for p in enc.wav2vec2.parameters())
+    plain = run.build_module(2, dataclasses.replace(run.PRESETS["tiny"], audio="wav2vec2"), 0, "cpu")
+    assert type(plain.model.audio) is not BandEnergyAudio
+
+    levels = np.array([0, 1, 2, 2, 0, 1])
+    wave = torch.from_numpy(clips.frame_sounds(levels, np.random.default_rng(3)))[None]
+    per = wave.shape[1] // len(levels)
+    other = wave.clone()
+    other[:, 3 * per : 4 * per] = torch.from_numpy(clips.frame_sounds(np.array([0]), np.random.default_rng(4)))
+    a, b = enc.features(wave, len(levels)), enc.features(other, len(levels))
+    assert a.shape == plain.model.audio.features(wave, len(levels)).shape
+    changed = (a - b).abs().flatten(2).amax(-1)[0]  # (F,)
+    assert changed[3] > 0.5 and changed[[0, 1, 2, 4, 5]].max() < 0.1 * changed[3]  # only via the clip's normalisation
+    assert audio_check.readout(clips_n=40, audio="bands")["nearest_mean_accuracy"] > 0.95
