@@ -381,15 +381,16 @@ class CyberHostModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW over the trainable parameters, linear warm-up then constant.
 
-        On CUDA the fused kernel (one launch per step) unless a gradient scaler is in use (fp16,
-        which fused AdamW would unscale after our clipping); under FSDP2 the sharded (DTensor) and
+        The fused kernel (CUDA: one launch per step; CPU: one pass per step, ~10 % of a tiny probe
+        step) unless a gradient scaler is in use (fp16, which fused AdamW would unscale after our
+        clipping); under FSDP2 the sharded (DTensor) and
         replicated parameters form separate groups, since one foreach kernel cannot mix them.
         """
         o = self.optim
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         sharded = getattr(self, "_sharded", False)
         scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
-        fused = all(p.is_cuda for p in trainable) and not sharded and scaler is None
+        fused = {p.device.type for p in trainable} in ({"cuda"}, {"cpu"}) and not sharded and scaler is None
         groups: list[dict[str, Any]] = [{"params": trainable}]
         if sharded:
             dtensor = [p for p in trainable if type(p).__name__ == "DTensor"]
