@@ -32,6 +32,7 @@ from torch import Tensor
 
 from benchmarks.probes import clips
 from benchmarks.probes import run as probes
+from benchmarks.probes.audio_encoder import tile_to_features
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE
 from cyberhost.models.audio import AudioEncoder
 
@@ -72,9 +73,7 @@ def oracle_features(self: AudioEncoder, waveform: Tensor, num_frames: int) -> Te
     for tone in clips.SOUND_TONES[1:]:
         c, s = torch.cos(2 * np.pi * tone * t), torch.sin(2 * np.pi * tone * t)
         parts.append(10 * ((x * c).mean(-1).pow(2) + (x * s).mean(-1).pow(2)).sqrt())
-    v = torch.stack(parts, -1)  # (B, F, 3)
-    size = self.layers * self.wav2vec2.config.hidden_size
-    return v.repeat(1, 1, -(-size // v.shape[-1]))[..., :size].view(b, num_frames, self.layers, -1)
+    return tile_to_features(self, torch.stack(parts, -1))  # (B, F, 3) -> (B, F, L, D)
 
 
 def stage2_probe(out: Path, steps: int, seeds: int = 1, tones: tuple[float | None, ...] | None = None,

@@ -50,9 +50,14 @@ class BandEnergyAudio(AudioEncoder):
         energy = torch.zeros(b, num_frames, BANDS, device=x.device).index_add_(2, band, power)
         count = torch.zeros(BANDS, device=x.device).index_add_(0, band, torch.ones_like(hz))
         v = torch.log10(energy / count.clamp_min(1) + 1e-4)
-        v = torch.nn.functional.layer_norm(v, (BANDS,))  # per frame, as wav2vec2's output: the spectrum's shape
-        size = self.layers * self.wav2vec2.config.hidden_size
-        return v.repeat(1, 1, -(-size // BANDS))[..., :size].reshape(b, num_frames, self.layers, -1)
+        return tile_to_features(self, torch.nn.functional.layer_norm(v, (BANDS,)))  # per frame, as wav2vec2's output
+
+
+def tile_to_features(encoder: AudioEncoder, v: Tensor) -> Tensor:
+    """Per-frame values ``(B, F, n)`` tiled to the shape of ``encoder``'s features, ``(B, F, L, D)``."""
+    b, f, n = v.shape
+    size = encoder.layers * encoder.wav2vec2.config.hidden_size
+    return v.repeat(1, 1, -(-size // n))[..., :size].reshape(b, f, encoder.layers, -1)
 
 
 def use_band_energies(encoder: AudioEncoder) -> BandEnergyAudio:
