@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cyberhost.weights.files import safe_torch_load
+
 __all__ = ["FIDInceptionV3", "load_feature_extractor", "resize_bilinear_tf1"]
 
 INPUT_SIZE = 299
@@ -246,7 +248,7 @@ def load_feature_extractor(path: str | Path) -> nn.Module:
     except RuntimeError:
         is_script = False
     if not is_script:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_torch_load(path)
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         if not isinstance(state, dict):

@@ -32,6 +32,7 @@ from scipy.signal import medfilt
 from torch import nn
 
 from cyberhost.data.schema import FACE
+from cyberhost.weights.files import safe_torch_load
 
 __all__ = ["SyncNetV2", "face_crops", "load_syncnet", "mfcc", "sync_scores", "sync_video"]
 
@@ -99,7 +100,7 @@ def load_syncnet(path: str | Path) -> SyncNetV2:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SyncNet weights not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = safe_torch_load(path)
     net = SyncNetV2()
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)

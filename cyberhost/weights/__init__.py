@@ -9,8 +9,14 @@
   into a network built eagerly, on the meta device or sharded by FSDP2) and :func:`materialize`.
 
 Training (``cyberhost.training``) and ``cyberhost generate`` both call these; the network itself
-(``cyberhost.models``) reads no file.
+(``cyberhost.models``) reads no file. The file readers import no network code: ``network`` and
+``pretrained`` (which build on ``cyberhost.models`` and diffusers) load on first use of one of
+their names, so ``cyberhost evaluate`` reads its feature extractors through
+:func:`safe_torch_load` without importing the denoiser.
 """
+
+import importlib
+from typing import Any
 
 from .files import (
     DCP_METADATA,
@@ -33,8 +39,22 @@ from .files import (
     strip_module_prefix,
     with_ema,
 )
-from .network import LoadPlan, WeightsMismatchError, assign, is_meta, is_sharded, load_network, materialize
-from .pretrained import PretrainedMismatchError, Source, read_source, sources
+
+_LAZY = {
+    **dict.fromkeys(("LoadPlan", "WeightsMismatchError", "assign", "is_meta", "is_sharded", "load_network",
+                     "materialize"), "network"),
+    **dict.fromkeys(("PretrainedMismatchError", "Source", "read_source", "sources"), "pretrained"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The names of ``network`` and ``pretrained``, imported when first asked for (PEP 562)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Checkpoint", "DCP_METADATA", "EMA_PREFIX", "LIGHTNING_META", "LoadPlan", "MODULE_PREFIX",

@@ -26,6 +26,8 @@ from torch import Tensor, nn
 
 from cyberhost.models.cyberhost import CyberHost, Part, part_of
 
+from .files import safe_torch_load
+
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "model.safetensors",
@@ -177,7 +179,7 @@ def _read(model: CyberHost, source: Source) -> dict[str, Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(source.path))
-        return torch.load(source.path, map_location="cpu", weights_only=True, mmap=True)
+        return safe_torch_load(source.path, mmap=True)
     raise ValueError(f"no reader for pretrained source {source.name}")
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -96,3 +101,25 @@ def test_resample_to_25_fps() -> None:
     assert resample_indices(10, 25.0).tolist() == list(range(10))
     with pytest.raises(ValueError, match="frame rate"):
         resample_indices(10, 0.0)
+
+
+class _Payload:
+    """A pickled global no weights file should carry."""
+
+
+def test_weight_files_load_through_the_allowlist_without_network_code(tmp_path) -> None:
+    """SyncNet and the FID Inception read through ``safe_torch_load``; ``cyberhost evaluate`` imports no denoiser."""
+    from cyberhost.evaluation.inception import load_feature_extractor
+    from cyberhost.weights.files import UnsafeCheckpointError
+
+    torch.save({"netcnnaud.0.weight": torch.zeros(1), "extra": _Payload()}, tmp_path / "odd.model")
+    for load in (load_syncnet, load_feature_extractor):
+        with pytest.raises(UnsafeCheckpointError, match="odd.model"):
+            load(tmp_path / "odd.model")
+    script = ("import sys, cyberhost.evaluation.evaluate, cyberhost.evaluation.cli\n"
+              "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] in ('diffusers', 'lightning')"
+              " or m.startswith(('cyberhost.models', 'cyberhost.training'))))\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "LOADED []" in proc.stdout, proc.stdout[-2000:]
