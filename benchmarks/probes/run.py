@@ -180,7 +180,7 @@ class Settings:
     """
 
     size: str = "tiny"
-    steps: tuple[int, ...] = (300, 250, 200)
+    steps: tuple[int, ...] = (300, 250, 150)
     batch: tuple[int, ...] = (4, 4, 4)
     lr: float = 1e-3
     train_clips: int = 384
