@@ -196,6 +196,16 @@ class Settings:
     alpha: float = LossConfig().alpha
     audio: str = "bands"
 
+    def __post_init__(self) -> None:
+        """A bad setting fails here, before any clip is written or network trained."""
+        if self.audio not in AUDIO_FEATURES:
+            raise ValueError(f"audio features must be one of {AUDIO_FEATURES}, got {self.audio!r}")
+        if len(self.steps) != len(NETWORKS) or len(self.batch) != len(NETWORKS):
+            raise ValueError(f"steps and batch need one value per network {tuple(NETWORKS)}, got {self.steps}, "
+                             f"{self.batch}")
+        if min(self.steps) < 1 or min(self.batch) < 1 or self.jobs < 1 or self.max_train_seconds < 0:
+            raise ValueError("steps, batch and jobs must be >= 1 and max_train_seconds >= 0")
+
 
 AUDIO_FEATURES = ("bands", "wav2vec2")
 
@@ -265,8 +275,6 @@ def build_module(stage: int, s: Settings, seed: int, device: str,
     loss = LossConfig(alpha=s.alpha)
     module = Stage1Module(model=cfg, optim=optim, schedule=schedule, loss=loss, seed=seed) if stage == 1 else (
         Stage2Module(RANDOM_STAGE1, model=cfg, optim=optim, schedule=schedule, loss=loss, seed=seed))
-    if s.audio not in AUDIO_FEATURES:
-        raise ValueError(f"audio features must be one of {AUDIO_FEATURES}, got {s.audio!r}")
     if stage == 2 and s.audio == "bands":
         module.model.audio = use_band_energies(module.model.audio)
     return module.to(device)

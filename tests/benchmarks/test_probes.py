@@ -245,3 +245,10 @@ def test_band_energy_stand_in_is_time_local_and_keeps_the_product_projection() -
     changed = (a - b).abs().flatten(2).amax(-1)[0]  # (F,)
     assert changed[3] > 0.5 and changed[[0, 1, 2, 4, 5]].max() < 0.1 * changed[3]  # only via the clip's normalisation
     assert audio_check.readout(clips_n=40, audio="bands")["nearest_mean_accuracy"] > 0.95
+
+
+@pytest.mark.parametrize("bad, message", [({"audio": "mfcc"}, "audio features"), ({"steps": (3, 3)}, "one value per"),
+                                          ({"jobs": 0}, ">= 1")])
+def test_bad_settings_fail_before_anything_runs(bad: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(run.PRESETS["tiny"], **bad)
