@@ -747,6 +747,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
     p.add_argument("--steps", type=int, nargs=len(NETWORKS), default=None, metavar=tuple(n.upper() for n in NETWORKS),
                    help="override the training steps of each network")
+    p.add_argument("--batch", type=int, nargs=len(NETWORKS), default=None, metavar=tuple(n.upper() for n in NETWORKS),
+                   help="override the training batch size of each network")
     p.add_argument("--overfit-steps", type=int, default=None, help="override the overfit test's steps (0: skip it)")
     p.add_argument("--no-overfit", action="store_true", help="skip the overfit-and-sample test")
     p.add_argument("--jobs", type=int, default=None, help="(network, seed) jobs at once, in processes (default: preset)")
@@ -765,6 +767,8 @@ def main(argv: list[str] | None = None) -> int:
         s = dataclasses.replace(s, max_train_seconds=args.max_train_seconds)
     if args.steps:
         s = dataclasses.replace(s, steps=tuple(args.steps))
+    if args.batch:
+        s = dataclasses.replace(s, batch=tuple(args.batch))
     if args.overfit_steps is not None:
         s = dataclasses.replace(s, overfit_steps=args.overfit_steps)
     if args.audio is not None:
