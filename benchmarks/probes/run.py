@@ -428,6 +428,8 @@ def gaps(module: CyberHostModule, batches: list[dict[str, Tensor]], probes: list
                      region_gap=float((ar - tr).mean()), region_rel_gap=float((ar - tr).mean() / tr.mean()))
         r["rel_gap_used"] = r["region_rel_gap"] if p.region else r["rel_gap"]
         r["gap_used"] = r["region_gap"] if p.region else r["gap"]
+        diffs, true = (ar - tr, tr) if p.region else (a - t, t)  # paired: same batch, noise and timesteps
+        r["rel_gap_se"] = float(diffs.std(ddof=1) / math.sqrt(len(diffs)) / true.mean()) if len(diffs) > 1 else 0.0
         out[p.name] = r
     return out
 
@@ -503,7 +505,11 @@ def table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per probe: gap (absolute and relative to the true loss), spread over seeds, verdict.
 
     ``gap``/``rel_gap`` are measured where the condition acts (``where``: its region, or the frame);
-    ``rel_gap_frame`` is the whole-frame relative gap of every probe.
+    ``rel_gap_frame`` is the whole-frame relative gap of every probe. ``per_seed_se`` is each seed's
+    measurement error (standard error of the paired gaps over its held-out batches and draws,
+    relative to the true loss) and ``seeds_above_noise`` counts the seeds whose gap exceeds twice
+    it: it tells a seed that did not learn the condition from a gap lost in measurement noise. The
+    verdict does not use it.
     """
     rows = []
     for p in PROBES:
@@ -516,10 +522,12 @@ def table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rel = [r["probes"][p.name]["rel_gap_used"] for r in res["per_seed"]]
         gap = [r["probes"][p.name]["gap_used"] for r in res["per_seed"]]
         frame = [r["probes"][p.name]["rel_gap"] for r in res["per_seed"]]
+        se = [r["probes"][p.name].get("rel_gap_se", 0.0) for r in res["per_seed"]]
         rows.append({"condition": p.name, "network": p.network, "how": _how(p), "where": p.region or "frame",
                      "gap": float(np.mean(gap)), "rel_gap": float(np.mean(rel)),
                      "spread": float(np.std(rel, ddof=1)) if len(rel) > 1 else 0.0, "per_seed": rel,
-                     "rel_gap_frame": float(np.mean(frame)), "verdict": verdict(rel)})
+                     "rel_gap_frame": float(np.mean(frame)), "per_seed_se": se,
+                     "seeds_above_noise": sum(g > 2 * e for g, e in zip(rel, se, strict=True)), "verdict": verdict(rel)})
     return rows
 
 
@@ -626,14 +634,15 @@ def overfit_and_sample(s: Settings, device: str, root: Path, tb_dir: Path | None
 def format_table(rows: list[dict[str, Any]], overfit: dict[str, Any] | None) -> str:
     """The table printed by ``make probe``."""
     lines = [f"{'condition':<30} {'network':<13} {'how':<30} {'where':<6} {'gap':>9} {'rel gap':>8} {'spread':>7}"
-             f" {'frame':>7}  verdict", "-" * 130]
+             f" {'frame':>7} {'>noise':>6}  verdict", "-" * 137]
     for r in rows:
         head = f"{r['condition']:<30} {r['network']:<13} {r['how']:<30} {r['where']:<6}"
         if r["verdict"] == "n/a":
-            lines.append(f"{head} {'':>9} {'':>8} {'':>7} {'':>7}  n/a: {r['note']}")
+            lines.append(f"{head} {'':>9} {'':>8} {'':>7} {'':>7} {'':>6}  n/a: {r['note']}")
         else:
+            above = f"{r['seeds_above_noise']}/{len(r['per_seed'])}"
             lines.append(f"{head} {r['gap']:>9.5f} {r['rel_gap']:>7.2%} {r['spread']:>6.2%} {r['rel_gap_frame']:>6.2%}"
-                         f"  {r['verdict']}")
+                         f" {above:>6}  {r['verdict']}")
     if overfit is not None:
         segs = "/".join(f"{m:.1f}" for m in overfit["margin_db_segments"])
         lines.append(f"{'overfit + generate (2 seg.)':<30} {'stage2':<13} {'vs reference repeated':<30} {'frame':<6} "

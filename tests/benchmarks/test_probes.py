@@ -112,7 +112,8 @@ def test_harness_runs_every_network_and_writes_the_table(tmp_path: Path) -> None
     rows = saved["table"]
     assert [r["condition"] for r in rows] == [p.name for p in run.PROBES]
     for r in rows:
-        assert {"gap", "rel_gap", "spread", "rel_gap_frame", "verdict"} <= r.keys() and np.isfinite(r["rel_gap"])
+        assert {"gap", "rel_gap", "spread", "rel_gap_frame", "per_seed_se", "seeds_above_noise", "verdict"} <= r.keys()
+        assert np.isfinite(r["rel_gap"]) and min(r["per_seed_se"]) >= 0
     assert {r["where"] for r in rows} == {"frame", "face", "hands"}
     over = saved["overfit"]
     assert len(over["mse_segments"]) == 2 and np.isfinite(over["margin_db"])  # two generated segments
@@ -252,3 +253,16 @@ def test_band_energy_stand_in_is_time_local_and_keeps_the_product_projection() -
 def test_bad_settings_fail_before_anything_runs(bad: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(run.PRESETS["tiny"], **bad)
+
+
+def test_table_counts_the_seeds_whose_gap_is_above_their_measurement_noise() -> None:
+    """``seeds_above_noise``: gap > 2 x that seed's paired standard error; the verdict reads the gaps only."""
+    def seed(rel: float, se: float) -> dict:
+        one = {"rel_gap_used": rel, "gap_used": rel, "rel_gap": rel, "rel_gap_se": se}
+        return {"probes": {p.name: one for p in run.PROBES if p.network == "stage1"}}
+
+    results = [{"network": "stage1", "per_seed": [seed(0.05, 0.01), seed(0.01, 0.01), seed(0.0, 0.001)]}]
+    row = next(r for r in run.table(results) if r["condition"] == "reference")
+    assert row["seeds_above_noise"] == 1 and row["per_seed_se"] == [0.01, 0.01, 0.001]
+    assert row["verdict"] == "weak"  # one seed at zero: not every seed's gap is above zero
+    assert "1/3" in run.format_table([row], None)
