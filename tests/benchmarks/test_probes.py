@@ -266,3 +266,26 @@ def test_table_counts_the_seeds_whose_gap_is_above_their_measurement_noise() -> 
     assert row["seeds_above_noise"] == 1 and row["per_seed_se"] == [0.01, 0.01, 0.001]
     assert row["verdict"] == "weak"  # one seed at zero: not every seed's gap is above zero
     assert "1/3" in run.format_table([row], None)
+
+
+def test_reference_check_watches_the_attention_without_changing_it(tmp_path: Path) -> None:
+    """The spy of ``reference_check`` records each reference-attention layer and returns the plain output."""
+    from benchmarks.probes import reference_check
+
+    net, s = run.NETWORKS["stage1"], run.Settings(eval_clips=2, eval_batch=2)
+    folder = clips.write_probe_shards(tmp_path / "s1", net.clips, 2)
+    module = run.build_module(1, s, 0, "cpu")
+    for name, mod in module.model.unet.named_modules():
+        if hasattr(mod, "to_q"):
+            mod.probe_name = name
+    batch = next(iter(run.datamodule(net, folder, folder, s, 2, 0).val_dataloader()))
+    _, plain = run.step_errors(module, batch, 5)
+    stats: dict = {}
+    with reference_check.watching(stats):
+        _, watched = run.step_errors(module, batch, 5)
+    assert torch.equal(plain, watched) and len(stats) == 4  # tiny: four spatial self-attentions read the reference
+    for layer in stats.values():
+        assert 0 < layer["mass"] < 1 and 0 < layer["entropy"] <= 1 + 1e-6 and layer["value_spread"] > 0
+    probe = next(p for p in run.PROBES if p.name == "reference")
+    m = reference_check.measure(module, batch, probe)
+    assert m["prediction_change"] > 0 and set(m["layers"]) == set(stats)  # at init a shuffle moves the prediction
