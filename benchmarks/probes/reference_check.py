@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--t-low", type=int, default=run.T_RANGE[0], help="train and measure on t in [T_LOW, 1000)")
     p.add_argument("--pretrain", type=int, default=0,
                    help="first train N steps with the reference dropped, then copy the denoiser into the reference net")
+    p.add_argument("--freeze-reference-net", action="store_true", help="keep the reference net at its random init")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         dm = run.datamodule(net, train_dir, held_dir, s, args.batch, args.seed, tcfg)
         module = run.build_module(1, s, args.seed, "cpu")
         module.optim = dataclasses.replace(module.optim, lr=args.lr, warmup_steps=args.warmup)
+        if args.freeze_reference_net:
+            module.model.reference_net.requires_grad_(False)
         run.restrict_timesteps(module, args.t_low, 1000)
         for name, mod in module.model.unet.named_modules():
             if hasattr(mod, "to_q"):
