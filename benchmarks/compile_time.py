@@ -40,6 +40,7 @@ from benchmarks.model_step import (
     cyberhost_steps,
     measure_peak,
 )
+from benchmarks.profile_breakdown import breakdown, format_breakdown
 from cyberhost.models.blocks import REGION_CLASSES, CompileConfig, compile_regions
 
 
@@ -63,6 +64,14 @@ def _measure(step: Any, device: torch.device, steps: int) -> dict[str, float]:
     return {"step_s": statistics.median(times), "peak_mem_gib": mem}
 
 
+def _profiled(case: str, step: Any, device: torch.device, enabled: bool) -> dict[str, Any]:
+    if not enabled:
+        return {}
+    b = breakdown(step, device)
+    print(format_breakdown(case, b), flush=True)
+    return {"profile": b}
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Command line entry: prints one line per row and writes the JSON."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -74,6 +83,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--backend", default="inductor", help="torch.compile backend (the test uses eager: no C++ compiler needed)")
     p.add_argument("--frozen-bf16", action="store_true")
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--profile", action="store_true",
+                   help="device time by kind of work of the eager step and of the last compiled one (in the rows)")
     p.add_argument("--json", type=Path, required=True)
     for name in ("batch", "frames", "motion_frames", "height", "width"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=0)
@@ -101,7 +112,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args.json.write_text(json.dumps({**info, "rows": rows}, indent=1))
 
     _wall(step, device)  # warm the eager kernels and the allocator
-    record({"compiled": [], **_measure(step, device, args.steps)})
+    eager = {"compiled": [], **_measure(step, device, args.steps)}
+    record({**eager, **_profiled("eager", step, device, args.profile)})
     dynamic = COMPILE_DYNAMIC[args.dynamic]
     groups = [tuple(args.classes)] if args.together else [(c,) for c in args.classes]
     done: list[str] = []
@@ -115,8 +127,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         _wall(step, device)
         _wall(step, device)
         done += group
+        last = group == groups[-1]
         record({"compiled": list(done), "blocks": len(blocks), "first_step_s": first, "graphs": graphs,
-                "recompiled_after": _graphs() - second, **_measure(step, device, args.steps)})
+                "recompiled_after": _graphs() - second, **_measure(step, device, args.steps),
+                **_profiled("compiled " + "+".join(done), step, device, args.profile and last)})
     print(torch._dynamo.utils.compile_times(repr="str"), flush=True)
     return rows
 

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.profile_breakdown import breakdown, format_breakdown
 from cyberhost.models import SIZES, CyberHost, CyberHostConfig
 
 CASES = ("yard1", "yard1_ckpt", "yard2", "yard2_ckpt", "stage1", "stage1_ckpt", "stage2", "stage2_ckpt")
@@ -56,6 +57,7 @@ class Result:
     note: str
     hfu: float = float("nan")
     params_by_part_m: dict[str, float] | None = None
+    profile: dict | None = None
 
 
 def _sync(device: torch.device) -> None:
@@ -263,8 +265,11 @@ def run_case(case: str, args: argparse.Namespace, peak: float, device: torch.dev
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = _time_steps(step, device, args.warmup, args.steps)
+    profiled = None
     if args.profile:
         print_profile(case, step, device)
+        profiled = breakdown(step, device)
+        print(format_breakdown(case, profiled), flush=True)
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     hw_flops = _count_flops(step)  # what ran, recomputation included
     if ckpt:
@@ -281,7 +286,7 @@ def run_case(case: str, args: argparse.Namespace, peak: float, device: torch.dev
         note += ", reference UNet (frozen, no grad) not in params"
     parts = params_by_part(module) if isinstance(module, CyberHost) else None
     return Result(case, median, items / median, flops / 1e12, flops / median / peak, mem, params / 1e6,
-                  trainable / 1e6, note, hw_flops / median / peak, parts)
+                  trainable / 1e6, note, hw_flops / median / peak, parts, profiled)
 
 
 def _free(device: torch.device) -> None:
@@ -304,7 +309,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--height", type=int, default=0)
     p.add_argument("--width", type=int, default=0)
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for all cases")
-    p.add_argument("--profile", action="store_true", help="also print a torch.profiler table of one step per case")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile each case: the top operators, and device time by kind of work (in the JSON)")
     p.add_argument("--json", default="", help="write the results here")
     args = p.parse_args(argv)
     cases = [c for c in args.only.split(",") if c] or list(CASES)

@@ -130,7 +130,8 @@ def run_stage(stage: int, args: argparse.Namespace, shards: Path, peak: float) -
     precision = "bf16-mixed" if device.type == "cuda" else "32-true"
     dynamic = COMPILE_DYNAMIC[args.compile_dynamic]
     classes = tuple(args.compile_classes or ())
-    compile_cfg = CompileConfig(enabled=args.compile, dynamic=dynamic, vae=args.compile_vae == "true", classes=classes)
+    compile_cfg = CompileConfig(enabled=args.compile, dynamic=dynamic, vae=args.compile_vae == "true", classes=classes,
+                                backend=args.compile_backend)
     fast = {"compile": compile_cfg, "frozen_bf16": args.frozen_bf16}
     gc_setting = args.checkpoint or args.gradient_checkpointing
     module, dm, frames = build(stage, args.size, shards, args.workers, gc_setting,
@@ -159,7 +160,7 @@ def run_stage(stage: int, args: argparse.Namespace, shards: Path, peak: float) -
         "trainable_params_m": sum(p.numel() for p in module.parameters() if p.requires_grad) / 1e6, "step_s": step, "wall_s_per_step": per_step,
         "samples_per_s": batch / per_step, "frames_per_s": batch * frames / per_step,
         "tflop_per_step": flops / 1e12, "frozen_encoder_tflop": frozen_flops / 1e12,
-        "compile": args.compile, "compile_dynamic": args.compile_dynamic, "compile_vae": compile_cfg.vae,
+        "compile": args.compile, "compile_dynamic": args.compile_dynamic, "compile_vae": compile_cfg.vae, "compile_backend": compile_cfg.backend,
         "compile_classes": list(classes) or "all", "first_step_s": timer.all_steps[0], "frozen_bf16": args.frozen_bf16, "checkpoint_patterns": args.checkpoint or None,
         "warmup_s": sum(timer.all_steps[:args.warmup + 1]), "fit_s": fit_s,
         "compiled_graphs": graphs, "graphs_compiled_in_timed_steps": graphs - timer.graphs_after_warmup,
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="torch.compile dynamic= (auto: static first, then dynamic sizes)")
     parser.add_argument("--compile-classes", nargs="+", default=None, metavar="CLASS",
                         help="compile only these region classes (default: all of cyberhost.models.blocks.REGION_CLASSES)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend (cudagraphs: CUDA graphs of the traced blocks, no code generation)")
     parser.add_argument("--compile-vae", choices=["true", "false"], default="true", help="also compile the VAE's blocks")
     parser.add_argument("--frozen-bf16", action="store_true", help="frozen VAE/UNet weights in bf16")
     parser.add_argument("--channels-last", action="store_true", help="channels-last conv weights")
