@@ -64,10 +64,10 @@ def _measure(step: Any, device: torch.device, steps: int) -> dict[str, float]:
     return {"step_s": statistics.median(times), "peak_mem_gib": mem}
 
 
-def _profiled(case: str, step: Any, device: torch.device, enabled: bool) -> dict[str, Any]:
+def _profiled(case: str, step: Any, device: torch.device, enabled: bool, step_s: float) -> dict[str, Any]:
     if not enabled:
         return {}
-    b = breakdown(step, device)
+    b = breakdown(step, device, step_s=step_s)
     print(format_breakdown(case, b), flush=True)
     return {"profile": b}
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     _wall(step, device)  # warm the eager kernels and the allocator
     eager = {"compiled": [], **_measure(step, device, args.steps)}
-    record({**eager, **_profiled("eager", step, device, args.profile)})
+    record({**eager, **_profiled("eager", step, device, args.profile, eager["step_s"])})
     dynamic = COMPILE_DYNAMIC[args.dynamic]
     groups = [tuple(args.classes)] if args.together else [(c,) for c in args.classes]
     done: list[str] = []
@@ -128,9 +128,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         _wall(step, device)
         done += group
         last = group == groups[-1]
+        timed = _measure(step, device, args.steps)
         record({"compiled": list(done), "blocks": len(blocks), "first_step_s": first, "graphs": graphs,
-                "recompiled_after": _graphs() - second, **_measure(step, device, args.steps),
-                **_profiled("compiled " + "+".join(done), step, device, args.profile and last)})
+                "recompiled_after": _graphs() - second, **timed,
+                **_profiled("compiled " + "+".join(done), step, device, args.profile and last, timed["step_s"])})
     print(torch._dynamo.utils.compile_times(repr="str"), flush=True)
     return rows
 

@@ -268,7 +268,7 @@ def run_case(case: str, args: argparse.Namespace, peak: float, device: torch.dev
     profiled = None
     if args.profile:
         print_profile(case, step, device)
-        profiled = breakdown(step, device)
+        profiled = breakdown(step, device, step_s=statistics.median(times))
         print(format_breakdown(case, profiled), flush=True)
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     hw_flops = _count_flops(step)  # what ran, recomputation included

@@ -56,5 +56,6 @@ def test_model_step_profile_lands_in_its_json(tmp_path: Path) -> None:
                      "--frames", "2", "--motion-frames", "1", "--profile", "--json", str(out)])
     (row,) = json.loads(out.read_text())["results"]
     prof = row["profile"]
+    assert prof["step_ms"] == row["time_s"] * 1e3 and prof["idle_vs_step_ms"] >= 0
     assert prof["copy_ops_per_step"] > 100  # autocast's weight casts alone are hundreds
     assert prof["ms"]["matmul"] > 0 and prof["ms"]["convolution"] > 0 and prof["ms"]["attention"] > 0
