@@ -59,6 +59,7 @@ from cyberhost.models import CyberHostConfig
 from cyberhost.training.checkpoints import AtomicCheckpointIO
 from cyberhost.training.module import build_on_meta
 from cyberhost.training.stages import RANDOM_STAGE1, Stage1Module, Stage2Module
+from cyberhost.training.strategies import close_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = {"ddp": "ddp.yaml", "fsdp2": "fsdp.yaml"}
@@ -319,6 +320,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]
         print(json.dumps(rows, indent=1))
         return rows
     result = run(args)
+    close_process_group()
     if result is not None:
         text = json.dumps(result, indent=1)
         if args.out:

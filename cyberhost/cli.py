@@ -38,7 +38,11 @@ def main(argv: Sequence[str] | None = None) -> object:
         import importlib
 
         return importlib.import_module(OTHER_COMMANDS[args[0]]).main(args[1:])
-    return build_cli(args)
+    from cyberhost.training.strategies import close_process_group
+
+    cli = build_cli(args)
+    close_process_group()  # only after success: a failed rank's peers must not wait in a barrier
+    return cli
 
 
 def console_main() -> int:

@@ -17,6 +17,18 @@ from torch import nn
 from cyberhost.training.checkpoints import checkpoint_safe_globals
 
 
+def close_process_group() -> None:
+    """Wait for every rank, then destroy the default process group: the last step of a distributed run.
+
+    Lightning leaves the group up after ``fit``. Left to interpreter exit, the gloo/NCCL threads are
+    torn down in no fixed order and a rank could abort (``terminate called without an active
+    exception``) after its work was done, so torchrun reported the whole run as failed.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def unet_block_types() -> set[type[nn.Module]]:
     """diffusers block classes of the 2D (stage 1) and motion (stage 2) UNets."""
     from diffusers.models.unets import unet_2d_blocks as b2

@@ -33,6 +33,7 @@ from benchmarks.scaling import overlay_strategy
 from cyberhost.models import CyberHostConfig
 from cyberhost.training.module import OptimConfig
 from cyberhost.training.stages import RANDOM_STAGE1, Stage1Module, Stage2Module
+from cyberhost.training.strategies import close_process_group
 
 OPTIM = OptimConfig(lr=100.0, eps=10.0, weight_decay=0.0)
 """AdamW's first step is ``lr * g / (|g| + eps)``: with the default eps that is ``lr * sign(g)``,
@@ -126,6 +127,7 @@ def main(stage: int, overlay: str, batch_file: str, out: str, accelerator: str =
         save_file(after, str(Path(out) / "after.safetensors"))
         (Path(out) / "report.json").write_text(json.dumps({"losses": losses, "same_start": same_start,
                                                            "world": world, "global_step": trainer.global_step}))
+    close_process_group()
 
 
 if __name__ == "__main__":
