@@ -47,6 +47,9 @@ class BenchResult:
     peak_mem_gib: float
     speedup_vs_eager: float
     reference_net_calls: int
+    first_run_s: float | None = None
+    max_abs_diff: float | None = None
+    mean_abs_diff: float | None = None
 
 
 def synthetic_reference(size: tuple[int, int], seed: int = 0) -> ReferenceConditions:
@@ -92,16 +95,17 @@ def eager_generate(model: CyberHost, ref: ReferenceConditions, audio: np.ndarray
     return torch.cat(out).numpy()
 
 
-def _timed(device: torch.device, fn: Callable[[], object]) -> tuple[float, float]:
+def _timed(device: torch.device, fn: Callable[[], object]) -> tuple[float, float, object]:
+    """Seconds, peak GiB and result of ``fn()``."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    fn()
+    out = fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-    return time.perf_counter() - start, peak
+    return time.perf_counter() - start, peak, out
 
 
 def run_benchmark(args: argparse.Namespace) -> list[BenchResult]:
@@ -121,23 +125,33 @@ def run_benchmark(args: argparse.Namespace) -> list[BenchResult]:
     base = dict(steps=args.steps, autocast=autocast, num_frames=args.frames, num_motion=args.motion,
                 decode_chunk=args.decode_chunk)
 
-    def ours(batch_cfg: bool) -> Callable[[], object]:
-        cfg = GenerateConfig(batch_cfg=batch_cfg, **base)  # type: ignore[arg-type]
-        return lambda: generate_video(model, ref, audio, None, config=cfg, progress=False)
+    def ours(batch_cfg: bool, **fast: bool) -> Callable[[], object]:
+        cfg = GenerateConfig(batch_cfg=batch_cfg, **base, **fast)  # type: ignore[arg-type]
+        return lambda: generate_video(model, ref, audio, None, config=cfg, progress=False).frames
 
+    half = autocast != "fp32"  # the fast cases change the model in place, so they run last
     cases: dict[str, Callable[[], object]] = {
         "eager": lambda: eager_generate(model, ref, audio, GenerateConfig(**base), args.frames, args.motion,  # type: ignore[arg-type]
                                         args.segments, 25.0),
         "ours": ours(False),
         "ours_batched": ours(True),
+        **({"ours_batched_half": ours(True, half_weights=True)} if half else {}),
+        **({"ours_batched_half_compiled" if half else "ours_batched_compiled":
+            ours(True, half_weights=half, compile=True)} if args.compile else {}),
     }
     rows: list[BenchResult] = []
+    reference: np.ndarray | None = None
     for name, fn in cases.items():
-        for _ in range(args.warmup):
-            fn()
+        warm = [_timed(device, fn)[0] for _ in range(args.warmup)]
         calls[0] = 0
-        seconds, peak = _timed(device, fn)
-        rows.append(BenchResult(name, seconds, frames, frames / seconds, peak, 0.0, calls[0]))
+        seconds, peak, frames_out = _timed(device, fn)
+        row = BenchResult(name, seconds, frames, frames / seconds, peak, 0.0, calls[0], warm[0] if warm else None)
+        if name == "ours_batched":
+            reference = np.asarray(frames_out)
+        elif reference is not None and name.startswith("ours_batched"):  # same seed: the same frames?
+            diff = np.abs(np.asarray(frames_out).astype(np.int16) - reference.astype(np.int16))
+            row.max_abs_diff, row.mean_abs_diff = float(diff.max()), float(diff.mean())
+        rows.append(row)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     eager = rows[0].seconds
@@ -160,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per case first")
     p.add_argument("--decode-chunk", type=int, default=8)
     p.add_argument("--autocast", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    p.add_argument("--compile", action="store_true", help="also time the compiled case (compiles in its warm-up)")
     p.add_argument("--json", help="also write the rows here")
     return p
 
@@ -171,11 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else args.device
     print(f"# generation benchmark: {args.size}, {args.height or '-'}x{args.width or '-'}, {args.steps} steps, "
           f"{args.segments}x{args.frames} frames (+{args.motion} motion), {device}")
-    print("| case | s | frames/s | peak GiB | speed-up vs eager | ref-net calls |")
-    print("|---|---|---|---|---|---|")
+    print("| case | s | frames/s | peak GiB | speed-up vs eager | ref-net calls | first run s | frames vs ours_batched |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        first = f"{r.first_run_s:.1f}" if r.first_run_s is not None else ""
+        diff = f"max {r.max_abs_diff:.0f}, mean {r.mean_abs_diff:.3f}" if r.max_abs_diff is not None else ""
         print(f"| {r.case} | {r.seconds:.2f} | {r.frames_per_s:.2f} | {r.peak_mem_gib:.1f} | {r.speedup_vs_eager:.2f}x "
-              f"| {r.reference_net_calls} |")
+              f"| {r.reference_net_calls} | {first} | {diff} |")
     for r in rows:
         print(json.dumps(asdict(r)))
     if args.json:

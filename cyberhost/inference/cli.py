@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
     r.add_argument("--autocast", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                    help="mixed precision; auto = bf16 on CUDA, fp32 on CPU")
+    r.add_argument("--half-weights", action=argparse.BooleanOptionalAction, default=d.half_weights,
+                   help="keep the VAE/UNet weights in the autocast dtype (bf16/fp16): no per-layer weight casts, "
+                        "half the weight memory")
+    r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=d.compile,
+                   help="torch.compile the network's repeated blocks (the first segment waits for the compiler)")
     r.add_argument("--decode-chunk", type=int, default=d.decode_chunk, help="frames per VAE decode call")
     r.add_argument("--crf", type=int, default=d.crf, help="x264 quality (lower is better)")
     r.add_argument("--keypoints", choices=("mediapipe", "rtmlib"), default="mediapipe", help="keypoint backend")
@@ -154,7 +159,7 @@ def generate_config(args: argparse.Namespace, device: torch.device) -> GenerateC
             seed=args.seed, height=args.height, width=args.width, hand_clarity=clarity,
             decode_chunk=args.decode_chunk, num_frames=args.num_frames, num_motion=args.num_motion,
             batch_cfg=args.batch_cfg, align_driving=not args.no_align_driving, max_frames=args.max_frames,
-            autocast=autocast, crf=args.crf,
+            autocast=autocast, crf=args.crf, half_weights=args.half_weights, compile=args.compile,
         )  # fmt: skip
     except ValueError as err:  # the config's own checks say what to change
         raise GenerateError(str(err)) from err

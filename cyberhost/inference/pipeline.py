@@ -87,6 +87,12 @@ class GenerateConfig:
         max_frames: cut the video after this many frames (None = the whole audio).
         autocast: ``"bf16"``, ``"fp16"`` or ``"fp32"`` (no autocast); bf16 only pays on a GPU.
         crf: x264 quality (lower = better, 18 is visually lossless).
+        half_weights: store the network's weights in the autocast dtype for the run (VAE and
+            UNets; wav2vec2 and ArcFace stay float32): no cast of every weight at every layer and
+            half the weight memory. Changes ``model`` in place; needs bf16 or fp16 autocast.
+        compile: compile the network's repeated blocks (``torch.compile``, regionally:
+            :func:`~cyberhost.models.blocks.compile_regions`) on first use. The first segment
+            then waits for the compiler; it pays on long videos and repeated calls in one process.
     """
 
     mode: str = "audio"
@@ -106,6 +112,8 @@ class GenerateConfig:
     max_frames: int | None = None
     autocast: str = "fp32"
     crf: int = 18
+    half_weights: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -118,6 +126,8 @@ class GenerateConfig:
             raise ValueError("give both height and width, or neither")
         if self.autocast not in ("bf16", "fp16", "fp32"):
             raise ValueError(f"autocast must be 'bf16', 'fp16' or 'fp32', got {self.autocast!r}")
+        if self.half_weights and self.autocast == "fp32":
+            raise ValueError("half_weights needs bf16 or fp16 autocast: half weights cannot meet float32 activations")
 
 
 @dataclass
@@ -183,6 +193,16 @@ def _to_uint8(images: Tensor) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- generation
+
+
+def speed_up(model: CyberHost, config: GenerateConfig) -> None:
+    """Apply ``config.half_weights`` and ``config.compile`` to ``model`` (in place; again is a no-op)."""
+    if config.half_weights:
+        model.cast_frozen(torch.bfloat16 if config.autocast == "bf16" else torch.float16)
+    if config.compile:
+        from cyberhost.models.blocks import CompileConfig, compile_regions
+
+        compile_regions(model, CompileConfig(enabled=True, vae=True))
 
 
 def _autocast(device: torch.device, name: str) -> torch.autocast:
@@ -442,6 +462,7 @@ def generate_video(
                             SamplerConfig(config.steps, config.ref_scale, config.audio_scale, config.eta))
     was_training = model.training
     model.eval()
+    speed_up(model, config)
     bar = tqdm(total=plan.segments * config.steps, desc="generate", unit="step", disable=not progress)
     try:
         with _autocast(next(model.parameters()).device, config.autocast):

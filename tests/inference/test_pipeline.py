@@ -107,3 +107,22 @@ def test_generation_is_deterministic_and_restores_train_mode(photo, photo_keypoi
     assert np.array_equal(a.frames, b.frames)
     assert model.training and not model.vae.training
     assert model.state.reference is None  # no tensors kept after sampling
+
+
+def test_half_weights_keep_the_frames_of_bf16_autocast(photo, photo_keypoints) -> None:
+    """bf16 weights only skip autocast's per-layer cast to bf16, so the frames are those of float32 weights."""
+    model = build_model()
+    wake_zero_inits(model)
+    kwargs = dict(settings=settings_for(model), progress=False, backend=FixedBackend(photo_keypoints))
+    plain = generate_video(model, photo, _sine(0.2), None, config=GenerateConfig(steps=2, seed=1, autocast="bf16"),
+                           **kwargs)
+    half = generate_video(model, photo, _sine(0.2), None, **kwargs,
+                          config=GenerateConfig(steps=2, seed=1, autocast="bf16", half_weights=True))
+    assert model.unet.conv_in.weight.dtype == torch.bfloat16 and model.vae.decoder.conv_out.weight.dtype == torch.bfloat16
+    diff = np.abs(plain.frames.astype(int) - half.frames.astype(int))
+    assert diff.max() <= 1, diff.max()
+
+
+def test_half_weights_need_16_bit_autocast() -> None:
+    with pytest.raises(ValueError, match="half_weights needs bf16 or fp16"):
+        GenerateConfig(half_weights=True, autocast="fp32")
