@@ -139,6 +139,11 @@ def run_benchmark(args: argparse.Namespace) -> list[BenchResult]:
         **({"ours_batched_half_compiled" if half else "ours_batched_compiled":
             ours(True, half_weights=half, compile=True)} if args.compile else {}),
     }
+    if args.cases:
+        unknown = set(args.cases) - set(cases)
+        if unknown or "eager" not in args.cases:
+            raise SystemExit(f"--cases: eager is required, choose from {sorted(cases)}; unknown: {sorted(unknown)}")
+        cases = {k: v for k, v in cases.items() if k in args.cases}
     rows: list[BenchResult] = []
     reference: np.ndarray | None = None
     for name, fn in cases.items():
@@ -152,6 +157,7 @@ def run_benchmark(args: argparse.Namespace) -> list[BenchResult]:
             diff = np.abs(np.asarray(frames_out).astype(np.int16) - reference.astype(np.int16))
             row.max_abs_diff, row.mean_abs_diff = float(diff.max()), float(diff.mean())
         rows.append(row)
+        print(json.dumps({"partial": asdict(row)}), flush=True)  # a run cut short keeps what it measured
         if device.type == "cuda":
             torch.cuda.empty_cache()
     eager = rows[0].seconds
@@ -174,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per case first")
     p.add_argument("--decode-chunk", type=int, default=8)
     p.add_argument("--autocast", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    p.add_argument("--cases", nargs="+", default=None, help="only these cases (eager is always needed)")
     p.add_argument("--compile", action="store_true", help="also time the compiled case (compiles in its warm-up)")
     p.add_argument("--json", help="also write the rows here")
     return p
