@@ -8,12 +8,9 @@ condition reaches the network through the normal data path.
 
 What each condition decides (and what nothing else in the sample reveals):
 
-* **reference** (stage 1): the background grey level, the torso colour and two random patterns of
-  8-px cells (one latent pixel each: a grey offset per background cell, light or dark per torso
-  cell) are drawn per clip; the target frame shows them, and among the conditions only the
-  reference image does. The cells are what the noised latent hides: a global level or colour can
-  be read from the noised target itself by averaging over many latent pixels at all but the
-  highest noise levels, a per-pixel pattern only at low noise (PROBES.md, "Reference").
+* **reference** (stage 1): the background grey level, the torso colour and the stripe direction
+  are drawn per clip; the target frame shows them, and among the conditions only the reference
+  image does.
 * **pose-aligned reference** (stage 1, the reference skeleton): the arms (hanging or raised, at a
   per-clip angle) are
   drawn in frame 1 and hidden in frame 0 of a two-frame clip; the keypoints, and so the skeleton
@@ -45,7 +42,7 @@ frame 0).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +77,6 @@ ARM_LENGTH, ARM_WIDTH = 18.0, 8
 SMALL_HAND, LARGE_HAND = 2, 10
 """Hand radius (pixels) in the first ``MOTION`` frames and in the rest of a stage-2 clip."""
 STAGE1_HAND = 4
-CELL, CELL_OFFSET = 8, 0.0
-"""Stage 1: side (pixels) of the random background and torso cells (the VAE's 8x grid: one latent
-pixel each) and the largest grey offset of a background cell."""
-TORSO_TOP, TORSO_HALF_WIDTH = 26, 12
 ARM_ANGLES = (0.2, 1.8)
 """Range of the arm angle from hanging straight down, radians (stage 2)."""
 STAGE1_ARM_ANGLES = ((0.2, 0.5), (1.4, 1.8))
@@ -105,9 +98,6 @@ class Figure:
         arm_angle: arm angle from the vertical, radians (reference skeleton).
         hand: hand RGB (identity crops).
         background: grey level of frame 0 and its change per frame (motion frames).
-        cells: stage 1: ``(background, torso)``: grey offset of each ``CELL``-px background cell
-            ``(H / CELL, W / CELL)`` and dark (True) or light of each torso cell (reference); None:
-            a flat background and a striped torso (stage 2).
     """
 
     cx: float
@@ -116,7 +106,6 @@ class Figure:
     arm_angle: float
     hand: tuple[int, int, int]
     background: tuple[float, float]
-    cells: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False)
 
 
 def random_figure(rng: np.random.Generator, stage: int) -> Figure:
@@ -127,17 +116,11 @@ def random_figure(rng: np.random.Generator, stage: int) -> Figure:
         slope = float(rng.choice([-1, 1]) * rng.uniform(7, 11))
         slope = slope if 10 <= level + slope * (MOTION + TARGETS - 1) <= 245 else -slope
     arm_range = ARM_ANGLES if stage == 2 else STAGE1_ARM_ANGLES[int(rng.integers(2))]
-    fig = Figure(
+    return Figure(
         cx=float(rng.uniform(30, 66)), torso=tuple(int(v) for v in rng.integers(30, 235, 3)),
         stripes_vertical=bool(rng.integers(2)), arm_angle=float(rng.uniform(*arm_range)),
         hand=tuple(int(v) for v in rng.integers(30, 235, 3)), background=(level, slope),
     )  # fmt: skip
-    if stage == 1:  # drawn last: stage 2's figures stay what they were
-        h, w = SIZE
-        cells = (rng.uniform(-CELL_OFFSET, CELL_OFFSET, (h // CELL, w // CELL)),
-                 rng.integers(2, size=(-(-(h - TORSO_TOP) // CELL), TORSO_HALF_WIDTH * 2 // CELL)).astype(bool))
-        fig = replace(fig, cells=cells)
-    return fig
 
 
 def keypoints(fig: Figure, sway: float, hand_radius: float, arm_angle: float | None = None) -> np.ndarray:
@@ -199,23 +182,16 @@ def draw(fig: Figure, kps: np.ndarray, frame: int, arms: bool, mouth: float, han
     h, w = SIZE
     level = float(np.clip(fig.background[0] + fig.background[1] * frame, 0, 255))
     img = np.full((h, w, 3), round(level), np.uint8)
-    if fig.cells is not None:
-        offsets = np.kron(fig.cells[0], np.ones((CELL, CELL)))[:h, :w, None]
-        img[:] = np.clip(level + offsets, 0, 255).round().astype(np.uint8)
     cx = float(kps[NOSE, 0])
-    x0, x1 = round(cx - TORSO_HALF_WIDTH), round(cx + TORSO_HALF_WIDTH)
-    torso = img[TORSO_TOP:, x0:x1]
+    x0, x1 = round(cx - 12), round(cx + 12)
+    torso = img[26:, x0:x1]
     torso[:] = fig.torso
-    if fig.cells is not None:  # the cells move with the torso
-        dark = np.kron(fig.cells[1], np.ones((CELL, CELL), bool))[: torso.shape[0], : torso.shape[1]]
-        torso[dark] = np.array(fig.torso) // 3
+    idx = np.arange(torso.shape[1] if fig.stripes_vertical else torso.shape[0])
+    dark = (idx // 3) % 2 == 1
+    if fig.stripes_vertical:
+        torso[:, dark] = np.array(fig.torso) // 3
     else:
-        idx = np.arange(torso.shape[1] if fig.stripes_vertical else torso.shape[0])
-        dark = (idx // 3) % 2 == 1
-        if fig.stripes_vertical:
-            torso[:, dark] = np.array(fig.torso) // 3
-        else:
-            torso[dark] = np.array(fig.torso) // 3
+        torso[dark] = np.array(fig.torso) // 3
     if arms:
         for s, wr in ((LEFT_SHOULDER, LEFT_WRIST), (RIGHT_SHOULDER, RIGHT_WRIST)):
             a, b = kps[s, :2], kps[wr, :2]

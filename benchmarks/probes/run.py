@@ -197,7 +197,6 @@ class Settings:
     max_train_seconds: float = 0.0
     alpha: float = LossConfig().alpha
     audio: str = "bands"
-    copy_reference: float = 0.0
 
     def __post_init__(self) -> None:
         """A bad setting fails here, before any clip is written or network trained."""
@@ -307,8 +306,8 @@ def latent_std(module: CyberHostModule, batch: dict[str, Tensor]) -> float:
 
 
 def train(module: CyberHostModule, loader: Any, steps: int, device: str, seed: int, writer: Any, tag: str,
-          max_seconds: float = 0.0, copy_reference: int = 0) -> tuple[float, int]:
-    """Plain AdamW loop over ``model_step``; the first ``copy_reference`` steps use the target frame as the reference.
+          max_seconds: float = 0.0) -> tuple[float, int]:
+    """Plain AdamW loop over ``model_step``.
 
     Returns:
         The mean loss of the last 20 steps and the steps done (fewer than ``steps`` when
@@ -322,8 +321,6 @@ def train(module: CyberHostModule, loader: Any, steps: int, device: str, seed: i
     for step, batch in zip(range(steps), loader, strict=False):
         if step and time.perf_counter() > stop:
             break
-        if step < copy_reference:
-            batch = {**batch, "reference": batch["target"][:, 0]}
         loss, logs = module.model_step(to_device(batch, device), torch.Generator().manual_seed(seed * 100_003 + step))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -470,8 +467,7 @@ def probe_seed(net_name: str, seed: int, s: Settings, device: str, train_dir: Pa
     loader = iter(dm.train_dataloader())
     std = latent_std(module, to_device(next(loader), device))
     t1 = time.perf_counter()
-    copy = round(s.copy_reference * steps) if net.stage == 1 else 0
-    final, done = train(module, loader, steps, device, seed, writer, f"{net.name}/seed{seed}", s.max_train_seconds, copy)
+    final, done = train(module, loader, steps, device, seed, writer, f"{net.name}/seed{seed}", s.max_train_seconds)
     train_s = time.perf_counter() - t1
     batches = [to_device(b, device) for b in dm.val_dataloader()]
     result = gaps(module, batches, probes, s.draws)
@@ -789,8 +785,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-overfit", action="store_true", help="skip the overfit-and-sample test")
     p.add_argument("--jobs", type=int, default=None, help="(network, seed) jobs at once, in processes (default: preset)")
     p.add_argument("--tensorboard", type=Path, default=None, help="TensorBoard folder (default: OUT/tb)")
-    p.add_argument("--copy-reference", type=float, default=None,
-                   help="fraction of stage-1 steps whose reference image is the target frame (a warm-up)")
     p.add_argument("--max-train-seconds", type=float, default=None,
                    help="cap on each job's training time, seconds (default: preset; 0: none)")
     p.add_argument("--audio", choices=AUDIO_FEATURES, default=None,
@@ -801,8 +795,6 @@ def main(argv: list[str] | None = None) -> int:
     s = PRESETS[args.size]
     if args.smoke:
         s = dataclasses.replace(s, **SMOKE)
-    if args.copy_reference is not None:
-        s = dataclasses.replace(s, copy_reference=args.copy_reference)
     if args.max_train_seconds is not None:
         s = dataclasses.replace(s, max_train_seconds=args.max_train_seconds)
     if args.steps:

@@ -95,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")
     r.add_argument("--autocast", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                    help="mixed precision; auto = bf16 on CUDA, fp32 on CPU")
-    r.add_argument("--half-weights", action=argparse.BooleanOptionalAction, default=d.half_weights,
-                   help="keep the VAE/UNet weights in the autocast dtype (bf16/fp16): no per-layer weight casts, "
-                        "half the weight memory")
+    r.add_argument("--half-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the VAE/UNet weights in the autocast dtype: half the weight memory (sd15 on an H200: "
+                        "17.6 -> 10.1 GiB peak), the same speed; default: on with bf16/fp16 autocast")
     r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=d.compile,
                    help="torch.compile the network's repeated blocks (the first segment waits for the compiler)")
     r.add_argument("--decode-chunk", type=int, default=d.decode_chunk, help="frames per VAE decode call")
@@ -159,7 +159,8 @@ def generate_config(args: argparse.Namespace, device: torch.device) -> GenerateC
             seed=args.seed, height=args.height, width=args.width, hand_clarity=clarity,
             decode_chunk=args.decode_chunk, num_frames=args.num_frames, num_motion=args.num_motion,
             batch_cfg=args.batch_cfg, align_driving=not args.no_align_driving, max_frames=args.max_frames,
-            autocast=autocast, crf=args.crf, half_weights=args.half_weights, compile=args.compile,
+            autocast=autocast, crf=args.crf, compile=args.compile,
+            half_weights=autocast != "fp32" if args.half_weights is None else args.half_weights,
         )  # fmt: skip
     except ValueError as err:  # the config's own checks say what to change
         raise GenerateError(str(err)) from err

@@ -90,9 +90,10 @@ class GenerateConfig:
         half_weights: store the network's weights in the autocast dtype for the run (VAE and
             UNets; wav2vec2 and ArcFace stay float32): no cast of every weight at every layer and
             half the weight memory. Changes ``model`` in place; needs bf16 or fp16 autocast.
-        compile: compile the network's repeated blocks (``torch.compile``, regionally:
-            :func:`~cyberhost.models.blocks.compile_regions`) on first use. The first segment
-            then waits for the compiler; it pays on long videos and repeated calls in one process.
+        compile: compile the UNets' repeated blocks (``torch.compile``, regionally:
+            :func:`~cyberhost.models.blocks.compile_regions`; not the VAE, which decodes each frame
+            once) on first use. The first segment then waits for the compiler; it can only pay on
+            long videos and repeated calls in one process.
     """
 
     mode: str = "audio"
@@ -202,7 +203,7 @@ def speed_up(model: CyberHost, config: GenerateConfig) -> None:
     if config.compile:
         from cyberhost.models.blocks import CompileConfig, compile_regions
 
-        compile_regions(model, CompileConfig(enabled=True, vae=True))
+        compile_regions(model, CompileConfig(enabled=True, vae=False))
 
 
 def _autocast(device: torch.device, name: str) -> torch.autocast:
