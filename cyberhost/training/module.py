@@ -267,6 +267,8 @@ class CyberHostModule(L.LightningModule):
             compile_regions(self.model, self.compile_config)  # lazy: each block compiles at its first call
         self.ema: dict[str, Tensor] | None = None
         self._bad_steps = 0
+        self._pending_nonfinite: tuple[Tensor, int] | None = None  # the last step's flag, read at the next step
+        self._last_bad_step = -1
         self.clarity_seen = ValueReservoir(seed=seed)
         if not self._deferred:
             self.load_weights()
@@ -489,25 +491,73 @@ class CyberHostModule(L.LightningModule):
         return loss, terms
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
-        """Step with the NaN/Inf guard: a non-finite loss on any rank skips the step on all ranks."""
+        """Step with the NaN/Inf guard: a non-finite loss on any rank skips the step on all ranks.
+
+        With fused AdamW (the default wherever it runs) the skip happens on the device: the loss's
+        flag goes to the optimiser as ``found_inf`` (the kernel then leaves every weight, moment and
+        step count as it was; a gradient scaler uses the same input), and the host reads it one step
+        later, when it has long been computed. So the step has no host sync; the count of
+        consecutive skips and the error after ``optim.max_bad_steps`` of them lag one step. Other
+        optimisers, FSDP2 and gradient accumulation read the flag at once and skip backward.
+        """
         loss, logs = self.model_step(batch)
-        finite = bool(torch.isfinite(loss).item())
-        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if not finite:
-            self._bad_steps += 1
-            self.log("train/skipped_nonfinite", float(self._bad_steps), rank_zero_only=True)
-            log.warning("non-finite loss at step %d (%d in a row): step skipped", self.global_step, self._bad_steps)
-            if self._bad_steps >= self.optim.max_bad_steps:
-                raise FloatingPointError(
-                    f"{self._bad_steps} consecutive non-finite losses (last at step {self.global_step}); lower optim.lr, "
-                    "check the data, or raise optim.max_bad_steps"
-                )
-            return None
-        self._bad_steps = 0
+        if self._pending_nonfinite is None:  # a checkpoint read the last flag: stop here if it must
+            self._stop_if_too_many_nonfinite()
+        self._read_nonfinite_flag()
+        optimizer = self._device_skip_optimizer()
+        if optimizer is not None:
+            bad = (~torch.isfinite(loss.detach())).float().reshape(())  # 0-d, as the step counts it is subtracted from
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+            optimizer.found_inf = bad
+            self._pending_nonfinite = (bad, self.global_step)
+        else:
+            finite = bool(torch.isfinite(loss).item())
+            if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+                self._count_nonfinite(self.global_step)
+                return None
+            self._bad_steps = 0
         b = batch["target"].shape[0]
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=b, sync_dist=False)
         self.log("train/loss_step", logs["loss"], prog_bar=True, batch_size=b, logger=False)
         return loss
+
+    def _device_skip_optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimiser when a non-finite step can be skipped on the device (fused AdamW, one batch per step)."""
+        if self._trainer is None or getattr(self, "_sharded", False) or self.trainer.accumulate_grad_batches != 1:
+            return None
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        fused = isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults.get("fused")
+        return optimizer if fused else None
+
+    def _read_nonfinite_flag(self, during_step: bool = True) -> None:
+        """Count the previous step's device-side flag (computed long ago, so reading it does not wait)."""
+        pending, self._pending_nonfinite = getattr(self, "_pending_nonfinite", None), None
+        if pending is None:
+            return
+        bad, step = pending
+        if bool(bad.item()):
+            self._count_nonfinite(step, during_step)
+        else:
+            self._bad_steps = 0
+
+    def _count_nonfinite(self, step: int, during_step: bool = True) -> None:
+        """One more consecutive skipped step: warn, log, and stop after ``optim.max_bad_steps`` (at a step)."""
+        self._bad_steps += 1
+        self._last_bad_step = step
+        log.warning("non-finite loss at step %d (%d in a row): step skipped", step, self._bad_steps)
+        if during_step:  # a checkpoint only settles the count; the next step stops if it must
+            self._stop_if_too_many_nonfinite()
+
+    def _stop_if_too_many_nonfinite(self) -> None:
+        if self._bad_steps == 0:
+            return
+        self.log("train/skipped_nonfinite", float(self._bad_steps), rank_zero_only=True)
+        if self._bad_steps >= self.optim.max_bad_steps:
+            raise FloatingPointError(
+                f"{self._bad_steps} consecutive non-finite losses (last at step {self._last_bad_step}); lower "
+                "optim.lr, check the data, or raise optim.max_bad_steps"
+            )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """The same step with a generator fixed per batch, so validation losses compare across steps."""
@@ -620,6 +670,7 @@ class CyberHostModule(L.LightningModule):
             checkpoint["ema"] = {k: v.detach().cpu() for k, v in self.ema.items()}
         checkpoint["conditions"] = self.condition_record()
         checkpoint["hand_clarity_seen"] = self.clarity_seen.state_dict()
+        self._read_nonfinite_flag(during_step=False)
         checkpoint["nonfinite_streak"] = self._bad_steps
 
     def condition_record(self) -> dict[str, Any]:
