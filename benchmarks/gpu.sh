@@ -23,6 +23,8 @@
 #             process (cold inductor cache) and a second one (warm cache, INDUCTOR_CACHE, default /tmp).
 # memory:     (only when named) stage 2 (additions only) through the Trainer with bf16 frozen weights and
 #             selective checkpointing of the top-resolution blocks (CKPT_PATTERN): step time and peak memory.
+# guard:      (only when named) stage 2 (additions only) through the Trainer with the NaN/Inf guard's host check
+#             (`--host-nan-check`, a sync per step) and with its device-side skip (the default).
 # losses:     (only when named) Eq. 6's diffusion and heatmap terms at init (benchmarks/loss_terms.py).
 # Everything goes to OUT_DIR/all.log (and a line per part to OUT_DIR/summary.txt), JSON rows to
 # OUT_DIR/<part>.json. Each part has a time limit (LIMIT_<PART> seconds) so one hang cannot eat the rest.
@@ -111,6 +113,14 @@ fi
 if want memory; then  # issue 12 item 2: the added set under 40 GiB without full checkpointing
   part memory_bf16_top "${LIMIT_TRAIN:-140}" $py -m benchmarks.train "${stage2_added[@]}" --frozen-bf16 \
       --checkpoint "${CKPT_PATTERN:-^unet\.(down_blocks\.0|up_blocks\.3)\.}" --output "$out/memory_bf16_top.json"
+fi
+
+if want guard; then  # the NaN/Inf guard: host check (a sync per step) against the device-side skip, stage 2 plain
+  for how in host device; do
+    flag=(); [[ $how == host ]] && flag=(--host-nan-check)
+    part "guard_$how" "${LIMIT_TRAIN:-140}" $py -m benchmarks.train "${stage2_added[@]}" "${flag[@]}" \
+        --output "$out/guard_$how.json"
+  done
 fi
 
 if want losses; then

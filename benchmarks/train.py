@@ -137,6 +137,8 @@ def run_stage(stage: int, args: argparse.Namespace, shards: Path, peak: float) -
     module, dm, frames = build(stage, args.size, shards, args.workers, gc_setting,
                                args.channels_last, device, args.stage2_trainable, fast)
     flops, frozen_flops = count_flops(module, dm, device, precision)
+    if args.host_nan_check:  # the guard as it was: the loss read on the host between forward and backward
+        module._device_skip_optimizer = lambda: None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timer = StepTimer(args.warmup)
@@ -161,7 +163,7 @@ def run_stage(stage: int, args: argparse.Namespace, shards: Path, peak: float) -
         "samples_per_s": batch / per_step, "frames_per_s": batch * frames / per_step,
         "tflop_per_step": flops / 1e12, "frozen_encoder_tflop": frozen_flops / 1e12,
         "compile": args.compile, "compile_dynamic": args.compile_dynamic, "compile_vae": compile_cfg.vae, "compile_backend": compile_cfg.backend,
-        "compile_classes": list(classes) or "all", "first_step_s": timer.all_steps[0], "frozen_bf16": args.frozen_bf16, "checkpoint_patterns": args.checkpoint or None,
+        "compile_classes": list(classes) or "all", "host_nan_check": args.host_nan_check, "first_step_s": timer.all_steps[0], "frozen_bf16": args.frozen_bf16, "checkpoint_patterns": args.checkpoint or None,
         "warmup_s": sum(timer.all_steps[:args.warmup + 1]), "fit_s": fit_s,
         "compiled_graphs": graphs, "graphs_compiled_in_timed_steps": graphs - timer.graphs_after_warmup,
         "mfu_datasheet_989": flops / per_step / 989e12,
@@ -211,6 +213,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="stage 2: train everything (the paper's end to end) or only what stage 2 adds")
     parser.add_argument("--yardstick", action="store_true",
                         help="also time the eager diffusers yardstick (benchmarks.model_step yard1, yard2) in this run")
+    parser.add_argument("--host-nan-check", action="store_true",
+                        help="the NaN/Inf guard's host check (a sync per step) instead of the device-side skip")
     parser.add_argument("--output", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
