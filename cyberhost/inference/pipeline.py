@@ -199,15 +199,19 @@ def _to_uint8(images: Tensor) -> np.ndarray:
 def speed_up(model: CyberHost, config: GenerateConfig) -> None:
     """Apply ``config.half_weights`` and ``config.compile`` to ``model`` (in place; again is a no-op)."""
     if config.half_weights:
-        model.cast_frozen(torch.bfloat16 if config.autocast == "bf16" else torch.float16)
+        model.cast_frozen(AUTOCAST_DTYPES[config.autocast])
     if config.compile:
         from cyberhost.models.blocks import CompileConfig, compile_regions
 
         compile_regions(model, CompileConfig(enabled=True, vae=False))
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""The 16-bit autocast settings and their dtypes (``"fp32"``: no autocast)."""
+
+
 def _autocast(device: torch.device, name: str) -> torch.autocast:
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
+    dtype = AUTOCAST_DTYPES.get(name)
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 

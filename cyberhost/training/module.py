@@ -501,9 +501,8 @@ class CyberHostModule(L.LightningModule):
         optimisers, FSDP2 and gradient accumulation read the flag at once and skip backward.
         """
         loss, logs = self.model_step(batch)
-        if self._pending_nonfinite is None:  # a checkpoint read the last flag: stop here if it must
-            self._stop_if_too_many_nonfinite()
         self._read_nonfinite_flag()
+        self._stop_if_too_many_nonfinite()  # also after a count that a checkpoint settled
         optimizer = self._device_skip_optimizer()
         if optimizer is not None:
             bad = (~torch.isfinite(loss.detach())).float().reshape(())  # 0-d, as the step counts it is subtracted from
@@ -515,6 +514,7 @@ class CyberHostModule(L.LightningModule):
             finite = bool(torch.isfinite(loss).item())
             if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
                 self._count_nonfinite(self.global_step)
+                self._stop_if_too_many_nonfinite()
                 return None
             self._bad_steps = 0
         b = batch["target"].shape[0]
@@ -532,7 +532,7 @@ class CyberHostModule(L.LightningModule):
 
     def _read_nonfinite_flag(self, during_step: bool = True) -> None:
         """Count the previous step's device-side flag (computed long ago, so reading it does not wait)."""
-        pending, self._pending_nonfinite = getattr(self, "_pending_nonfinite", None), None
+        pending, self._pending_nonfinite = self._pending_nonfinite, None
         if pending is None:
             return
         bad, step = pending
@@ -542,17 +542,15 @@ class CyberHostModule(L.LightningModule):
             self._bad_steps = 0
 
     def _count_nonfinite(self, step: int, during_step: bool = True) -> None:
-        """One more consecutive skipped step: warn, log, and stop after ``optim.max_bad_steps`` (at a step)."""
+        """One more consecutive skipped step: warn, and log it (``self.log`` only works inside a step)."""
         self._bad_steps += 1
         self._last_bad_step = step
         log.warning("non-finite loss at step %d (%d in a row): step skipped", step, self._bad_steps)
-        if during_step:  # a checkpoint only settles the count; the next step stops if it must
-            self._stop_if_too_many_nonfinite()
+        if during_step:
+            self.log("train/skipped_nonfinite", float(self._bad_steps), rank_zero_only=True)
 
     def _stop_if_too_many_nonfinite(self) -> None:
-        if self._bad_steps == 0:
-            return
-        self.log("train/skipped_nonfinite", float(self._bad_steps), rank_zero_only=True)
+        """Stop with an error after ``optim.max_bad_steps`` consecutive non-finite losses."""
         if self._bad_steps >= self.optim.max_bad_steps:
             raise FloatingPointError(
                 f"{self._bad_steps} consecutive non-finite losses (last at step {self._last_bad_step}); lower "
