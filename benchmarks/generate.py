@@ -9,7 +9,11 @@ run and on the same network and inputs:
   decoding of the whole segment at once;
 * ``ours``: :func:`cyberhost.inference.generate_video` (reference/motion features once per
   segment, audio tokens once, chunked decoding), sequential CFG;
-* ``ours_batched``: the same with the three CFG branches in one batch (``--batch-cfg``).
+* ``ours_batched``: the same with the three CFG branches in one batch (``--batch-cfg``);
+* ``ours_batched_half``: and the weights in bf16 (``--half-weights``);
+* ``ours_batched_half_graphs``: and each segment's network call replayed from a CUDA graph
+  (``--cuda-graphs``);
+* ``ours_batched_half_compiled`` (``--compile``): half weights and regional compilation.
 
 Reported per case: seconds, frames/s (generated frames / wall time of the whole generation
 after the reference is prepared; keypoint detection and mp4 encoding are CPU work outside it),
@@ -50,6 +54,7 @@ class BenchResult:
     first_run_s: float | None = None
     max_abs_diff: float | None = None
     mean_abs_diff: float | None = None
+    max_abs_diff_without_graphs: float | None = None
 
 
 def synthetic_reference(size: tuple[int, int], seed: int = 0) -> ReferenceConditions:
@@ -136,6 +141,7 @@ def run_benchmark(args: argparse.Namespace) -> list[BenchResult]:
         "ours": ours(False),
         "ours_batched": ours(True),
         **({"ours_batched_half": ours(True, half_weights=True)} if half else {}),
+        **({"ours_batched_half_graphs": ours(True, half_weights=True, cuda_graphs=True)} if half else {}),
         **({"ours_batched_half_compiled" if half else "ours_batched_compiled":
             ours(True, half_weights=half, compile=True)} if args.compile else {}),
     }
@@ -146,6 +152,7 @@ def run_benchmark(args: argparse.Namespace) -> list[BenchResult]:
         cases = {k: v for k, v in cases.items() if k in args.cases}
     rows: list[BenchResult] = []
     reference: np.ndarray | None = None
+    outputs: dict[str, np.ndarray] = {}
     for name, fn in cases.items():
         warm = [_timed(device, fn)[0] for _ in range(args.warmup)]
         calls[0] = 0
@@ -156,6 +163,10 @@ def run_benchmark(args: argparse.Namespace) -> list[BenchResult]:
         elif reference is not None and name.startswith("ours_batched"):  # same seed: the same frames?
             diff = np.abs(np.asarray(frames_out).astype(np.int16) - reference.astype(np.int16))
             row.max_abs_diff, row.mean_abs_diff = float(diff.max()), float(diff.mean())
+        outputs[name] = np.asarray(frames_out)
+        if name.endswith("_graphs") and name.removesuffix("_graphs") in outputs:  # graphs change nothing?
+            plain = outputs[name.removesuffix("_graphs")].astype(np.int16)
+            row.max_abs_diff_without_graphs = float(np.abs(outputs[name].astype(np.int16) - plain).max())
         rows.append(row)
         print(json.dumps({"partial": asdict(row)}), flush=True)  # a run cut short keeps what it measured
         if device.type == "cuda":
@@ -198,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         first = f"{r.first_run_s:.1f}" if r.first_run_s is not None else ""
         diff = f"max {r.max_abs_diff:.0f}, mean {r.mean_abs_diff:.3f}" if r.max_abs_diff is not None else ""
+        if r.max_abs_diff_without_graphs is not None:
+            diff += f"; without graphs: max {r.max_abs_diff_without_graphs:.0f}"
         print(f"| {r.case} | {r.seconds:.2f} | {r.frames_per_s:.2f} | {r.peak_mem_gib:.1f} | {r.speedup_vs_eager:.2f}x "
               f"| {r.reference_net_calls} | {first} | {diff} |")
     for r in rows:

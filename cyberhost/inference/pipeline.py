@@ -94,6 +94,10 @@ class GenerateConfig:
             :func:`~cyberhost.models.blocks.compile_regions`; not the VAE, which decodes each frame
             once) on first use. The first segment then waits for the compiler; it can only pay on
             long videos and repeated calls in one process.
+        cuda_graphs: with ``batch_cfg`` on a CUDA device, record the network's call once per
+            segment as a CUDA graph and replay it at the other steps
+            (:class:`~cyberhost.models.graphs.GraphedForward`): the host no longer launches every
+            kernel of every step. The same frames; the recording holds one call's activations.
     """
 
     mode: str = "audio"
@@ -115,6 +119,7 @@ class GenerateConfig:
     crf: int = 18
     half_weights: bool = False
     compile: bool = False
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -395,7 +400,7 @@ def _sample_segments(model: CyberHost, inputs: _Inputs, sampler: GuidedSampler, 
         cond = segment_conditions(inputs.reference, inputs.clip, lo, plan.seg, plan.transform).batched().to(device)
         kwargs = network_inputs(model, cond, ref_latent, motion if plan.num_motion else None, dropout=False)
         batched = config.batch_cfg and (config.ref_scale, config.audio_scale) != (1.0, 1.0)  # 1, 1: one branch only
-        denoise = guided_denoiser(model, kwargs, batched, audio=inputs.wave is not None)
+        denoise = guided_denoiser(model, kwargs, batched, audio=inputs.wave is not None, cuda_graph=config.cuda_graphs)
         latents = sampler.sample(_ticking(denoise, bar), (1, plan.seg, *latent_shape), device, generator)
         if plan.num_motion:
             motion = _next_motion(motion, latents, plan.num_motion)

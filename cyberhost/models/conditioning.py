@@ -18,6 +18,8 @@ from torch import Tensor
 
 from cyberhost.data.transforms import to_maps, to_unit
 
+from .graphs import GraphedForward
+
 if TYPE_CHECKING:
     from cyberhost.data.conditions import Conditions
 
@@ -76,8 +78,12 @@ def _repeat(value: Any, n: int) -> Any:
     raise TypeError(f"cannot batch a {type(value).__name__}")
 
 
+BRANCHES = ([False, True, True], [False, False, True])
+"""(reference kept, audio kept) of the batched CFG branches: (-, -), (ref, -), (ref, audio)."""
+
+
 def guided_denoiser(model: CyberHost, inputs: dict[str, Any], batched: bool = True,
-                    audio: bool = True) -> Callable[[Tensor, Tensor, bool, bool], Tensor]:
+                    audio: bool = True, cuda_graph: bool = False) -> Callable[[Tensor, Tensor, bool, bool], Tensor]:
     """A ``GuidedSampler`` denoiser ``(x_t, t, use_reference, use_audio) -> prediction`` over :func:`network_inputs`.
 
     Each CFG branch sets ``drop_reference`` / ``drop_audio`` exactly as condition dropout does in
@@ -89,10 +95,14 @@ def guided_denoiser(model: CyberHost, inputs: dict[str, Any], batched: bool = Tr
         inputs: :func:`network_inputs` with ``dropout=False``.
         batched: one batch of 3 per step instead of three calls.
         audio: False: the audio is dropped in every branch (no audio was given).
+        cuda_graph: with ``batched``, replay the batch of 3 from a CUDA graph after the first
+            call (:class:`~cyberhost.models.graphs.GraphedForward`; on a CUDA device). ``inputs``
+            must then stay unchanged while the denoiser is in use.
     """
     inputs = {k: v for k, v in inputs.items() if k not in ("drop_reference", "drop_audio")}
     three = {k: _repeat(v, 3) for k, v in inputs.items()} if batched else None
     cache: dict[str, Any] = {}
+    graphed: list[GraphedForward] = []  # made at the first call, which knows the batch and device
 
     def flags(x: Tensor, ref: list[bool], aud: list[bool]) -> dict[str, Tensor]:
         b = x.shape[0] // len(ref)
@@ -107,7 +117,12 @@ def guided_denoiser(model: CyberHost, inputs: dict[str, Any], batched: bool = Tr
             return model(x, t, **inputs, **flags(x, [use_reference], [use_audio])).sample
         if use_reference and use_audio:
             x3, t3 = _repeat(x, 3), _repeat(t, 3)
-            out = model(x3, t3, **three, **flags(x3, [False, True, True], [False, False, True])).sample
+            if not cuda_graph:
+                out = model(x3, t3, **three, **flags(x3, *BRANCHES)).sample
+            else:
+                if not graphed:
+                    graphed.append(GraphedForward(model, {**three, **flags(x3, *BRANCHES)}))
+                out = graphed[0](x3, t3)
             uncond, ref_only, full = out.chunk(3)
             cache.update(x=x, outs={(False, False): uncond, (True, False): ref_only})
             return full

@@ -99,6 +99,31 @@ class CyberHostOutput:
     heatmaps: list[Tensor]
 
 
+@dataclass
+class ForwardPlan:
+    """What :meth:`CyberHost.plan` decided for one batch: the conditions of a forward besides x_t and t.
+
+    Attributes:
+        batch: B.
+        frames: F.
+        reference, driving_map, hand_clarity, hand_clarity_valid, drop_reference: as given to
+            :meth:`CyberHost.forward` (``hand_clarity`` None in stage 1).
+        face_valid: the face identity token mask, None where every face is valid (the RCA then
+            keeps its unmasked SDPA path).
+        hand_valid: the same for the hands.
+    """
+
+    batch: int
+    frames: int
+    reference: ReferenceFeatures | None
+    driving_map: Tensor | None
+    hand_clarity: Tensor | None
+    hand_clarity_valid: Tensor | None
+    drop_reference: Tensor | None
+    face_valid: Tensor | None
+    hand_valid: Tensor | None
+
+
 @dataclass(frozen=True)
 class Part:
     """One part of the network, as :func:`network_parts` declares it.
@@ -499,25 +524,39 @@ class CyberHost(nn.Module):
                 (CFG; the motion frames stay); None = dropped for none.
             drop_audio: ``(B,)`` bool, True drops the audio of that sample; None = dropped for none.
         """
-        b, f = noisy_latents.shape[:2]
+        plan = self.plan(noisy_latents.shape[:2], reference, driving_map, audio_tokens, hand_clarity,
+                         hand_clarity_valid, drop_reference, drop_audio)
+        return self.predict(noisy_latents, timesteps, plan)
+
+    def plan(
+        self,
+        batch_frames: Sequence[int],
+        reference: ReferenceFeatures | None = None,
+        driving_map: Tensor | None = None,
+        audio_tokens: Tensor | None = None,
+        hand_clarity: Tensor | None = None,
+        hand_clarity_valid: Tensor | None = None,
+        drop_reference: Tensor | None = None,
+        drop_audio: Tensor | None = None,
+    ) -> ForwardPlan:
+        """The host side of a forward: check the conditions, read the flags once, set the injection state.
+
+        Everything :meth:`forward` decides from the conditions alone (arguments as there;
+        ``batch_frames`` = ``(B, F)`` of the noisy latents). :meth:`predict` then does the device
+        work of the forward from x_t and t with no device-to-host read, which is what a CUDA graph
+        can capture (:class:`cyberhost.models.graphs.GraphedForward`).
+        """
+        b, f = batch_frames
         _check_flags(b, drop_reference=drop_reference, drop_audio=drop_audio)
-        x = noisy_latents.flatten(0, 1)  # (BF, 4, h, w)
-        if driving_map is not None:
-            x = x + self.pose_encoder(driving_map.flatten(0, 1).to(x.dtype))
-        emb = time_embedding(self.unet, timesteps.expand(b)).repeat_interleave(f, 0)  # (BF, D)
+        clarity_finite = None
         if hand_clarity is not None and self.config.stage == 2:
             if hand_clarity_valid is not None and hand_clarity_valid.shape != hand_clarity.shape:
                 raise ValueError(f"hand_clarity_valid {tuple(hand_clarity_valid.shape)} must match hand_clarity "
                                  f"{tuple(hand_clarity.shape)}")
-            emb = emb + self.clarity(hand_clarity, hand_clarity_valid).to(emb.dtype)
             present = hand_clarity if hand_clarity_valid is None else torch.where(hand_clarity_valid, hand_clarity, 0.0)
             clarity_finite = torch.isfinite(present).all()  # read with the flags below: no extra sync
-        else:
-            clarity_finite = None
-        face_id = None if reference is None else reference.face_id
-        hand_id = None if reference is None else reference.hand_id
-        face_valid = None if face_id is None else reference.face_id_valid
-        hand_valid = None if hand_id is None else reference.hand_id_valid
+        face_valid = None if reference is None or reference.face_id is None else reference.face_id_valid
+        hand_valid = None if reference is None or reference.hand_id is None else reference.hand_id_valid
         host, face_valid, hand_valid, all_audio_dropped, finite = _read_flags(drop_reference, face_valid, hand_valid,
                                                                              drop_audio, clarity_finite)
         if not finite:
@@ -531,16 +570,37 @@ class CyberHost(nn.Module):
         state.audio = None if audio_tokens is None else audio_tokens.flatten(0, 1)  # (BF, K, D)
         if all_audio_dropped and not torch.is_grad_enabled():
             state.audio = None  # sampling's audio-free branches: the same output, without the audio attention
+        return ForwardPlan(b, f, reference, driving_map, hand_clarity if self.config.stage == 2 else None,
+                           hand_clarity_valid, drop_reference, face_valid, hand_valid)
+
+    def predict(self, noisy_latents: Tensor, timesteps: Tensor, plan: ForwardPlan) -> CyberHostOutput:
+        """The device side of a forward (:meth:`plan` ran first and nothing changed the injection state since).
+
+        No device-to-host read and no host decision on tensor values: one call is what a CUDA
+        graph captures and replays with new ``noisy_latents`` and ``timesteps``.
+        """
+        b, f = plan.batch, plan.frames
+        if tuple(noisy_latents.shape[:2]) != (b, f):
+            raise ValueError(f"noisy_latents {tuple(noisy_latents.shape)} do not match the plan's (B, F) = ({b}, {f})")
+        x = noisy_latents.flatten(0, 1)  # (BF, 4, h, w)
+        if plan.driving_map is not None:
+            x = x + self.pose_encoder(plan.driving_map.flatten(0, 1).to(x.dtype))
+        emb = time_embedding(self.unet, timesteps.expand(b)).repeat_interleave(f, 0)  # (BF, D)
+        if plan.hand_clarity is not None:
+            emb = emb + self.clarity(plan.hand_clarity, plan.hand_clarity_valid).to(emb.dtype)
+        reference, drop_reference = plan.reference, plan.drop_reference
+        face_id = None if reference is None else reference.face_id
+        hand_id = None if reference is None else reference.hand_id
         face_masks: list[Tensor] = []
         hand_masks: list[Tensor] = []
         heatmaps: list[Tensor] = []
 
         def hook(name: str, h: Tensor) -> Tensor:
             if name in self.face_rca:
-                h, logits = self.face_rca[name](h, face_id, f, face_valid, drop_reference)
+                h, logits = self.face_rca[name](h, face_id, f, plan.face_valid, drop_reference)
                 face_masks.append(logits.unflatten(0, (b, f)))
             if name in self.hand_rca:
-                h, logits = self.hand_rca[name](h, hand_id, f, hand_valid, drop_reference)
+                h, logits = self.hand_rca[name](h, hand_id, f, plan.hand_valid, drop_reference)
                 hand_masks.append(logits.unflatten(0, (b, f)))
                 heatmaps.append(self.heatmap_heads[name](h).unflatten(0, (b, f)))
             return h

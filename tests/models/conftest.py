@@ -56,3 +56,28 @@ def wake_zero_inits(model: nn.Module, std: float = 0.05, seed: int = 7) -> None:
         for p in model.parameters():
             if p.requires_grad and p.numel() > 1 and not p.any():
                 p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def sampling_inputs(model: CyberHost, frames: int = 3, seed: int = 0) -> dict[str, object]:
+    """What sampling's batched CFG hands the network besides x_t and t: every condition, repeated for 3
+    branches, with the (-, -), (ref, -), (ref, audio) dropout flags (a "mixed" reference batch)."""
+    from cyberhost.models.conditioning import BRANCHES, _repeat
+
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(device)
+
+    with torch.no_grad():
+        ref = model.encode_reference(randn(1, 4, LATENT, LATENT), randn(1, 3, 8 * LATENT, 8 * LATENT),
+                                     randn(1, 4, 4, LATENT, LATENT), randn(1, 3, 64, 64), randn(1, 2, 3, 128, 128))
+        tokens = model.encode_audio(randn(1, 16000 * frames // 25), frames)
+    one = {"reference": ref, "driving_map": randn(1, frames, 3, 8 * LATENT, 8 * LATENT), "audio_tokens": tokens,
+           "hand_clarity": torch.full((1, frames, 2), 30.0, device=device),
+           "hand_clarity_valid": torch.ones(1, frames, 2, dtype=torch.bool, device=device)}
+    three = {k: _repeat(v, 3) for k, v in one.items()}
+    ref_kept, audio_kept = BRANCHES
+    three["drop_reference"] = torch.tensor([not r for r in ref_kept], device=device)
+    three["drop_audio"] = torch.tensor([not a for a in audio_kept], device=device)
+    return three
