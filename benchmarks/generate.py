@@ -15,6 +15,11 @@ run and on the same network and inputs:
   (``--cuda-graphs``);
 * ``ours_batched_half_compiled`` (``--compile``): half weights and regional compilation.
 
+``--calls N`` then times the network call sampling makes at every step (the batch of three
+CFG branches of one segment, the last case's weights): eager against the CUDA graph's replay,
+each call synchronised, N calls each, and profiles one eager call (device busy vs idle time,
+kernels launched) -- whether the call waits for the host, which is what a graph removes.
+
 Reported per case: seconds, frames/s (generated frames / wall time of the whole generation
 after the reference is prepared; keypoint detection and mp4 encoding are CPU work outside it),
 peak GPU memory, and the speed-up over ``eager``. ``--size tiny --device cpu`` is a smoke test
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -35,9 +41,11 @@ import torch
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE
 from cyberhost.data.transforms import TransformConfig, audio_window, to_maps, to_unit
 from cyberhost.diffusion import GuidedSampler, NoiseSchedule, SamplerConfig
+from cyberhost.inference import pipeline
 from cyberhost.inference.conditions import ReferenceConditions, reference_from_keypoints
 from cyberhost.inference.pipeline import GenerateConfig, _autocast, generate_video
 from cyberhost.models import CyberHost, CyberHostConfig
+from cyberhost.models.conditioning import guided_denoiser
 
 
 @dataclass
@@ -113,8 +121,8 @@ def _timed(device: torch.device, fn: Callable[[], object]) -> tuple[float, float
     return time.perf_counter() - start, peak, out
 
 
-def run_benchmark(args: argparse.Namespace) -> list[BenchResult]:
-    """Build the network, warm up, time the cases; returns one row per case."""
+def run_benchmark(args: argparse.Namespace) -> tuple[list[BenchResult], dict[str, object] | None]:
+    """Build the network, warm up, time the cases; returns one row per case (and ``--calls``' timing)."""
     device = torch.device(args.device)
     tiny = args.size == "tiny"
     h, w = args.height or (64 if tiny else 640), args.width or (64 if tiny else 384)
@@ -174,7 +182,68 @@ def run_benchmark(args: argparse.Namespace) -> list[BenchResult]:
     eager = rows[0].seconds
     for row in rows:
         row.speedup_vs_eager = eager / row.seconds
-    return rows
+    timing = None
+    if args.calls:
+        timing = time_network_calls(model, ref, audio, GenerateConfig(batch_cfg=True, half_weights=half, **base),
+                                    args.calls)
+    return rows, timing
+
+
+class _Captured(Exception):
+    """Raised to stop a generation once its first segment's network inputs are known."""
+
+
+def segment_inputs(model: CyberHost, ref: ReferenceConditions, audio: np.ndarray, cfg: GenerateConfig) -> dict:
+    """The network inputs of the first segment, exactly as ``generate_video`` hands them to ``guided_denoiser``."""
+    captured: dict[str, object] = {}
+
+    def capture(model_: CyberHost, inputs: dict, *args: object, **kwargs: object) -> None:
+        captured.update(inputs)
+        raise _Captured
+
+    real, pipeline.guided_denoiser = pipeline.guided_denoiser, capture
+    try:
+        generate_video(model, ref, audio, None, config=cfg, progress=False)
+    except _Captured:
+        pass
+    finally:
+        pipeline.guided_denoiser = real
+    return captured
+
+
+def time_network_calls(model: CyberHost, ref: ReferenceConditions, audio: np.ndarray, cfg: GenerateConfig,
+                       calls: int) -> dict[str, object]:
+    """Median seconds of sampling's batched CFG call, eager and replayed from a CUDA graph; a profile of the eager one."""
+    from benchmarks.profile_breakdown import breakdown
+
+    device = next(model.parameters()).device
+    inputs = segment_inputs(model, ref, audio, cfg)
+    h, w = (s // 8 for s in inputs["driving_map"].shape[-2:])  # the driving map is at pixel resolution
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, cfg.num_frames, 4, h, w, generator=g).to(device)
+    t = torch.tensor([500], device=device)
+    out: dict[str, object] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                              "batch": [3, cfg.num_frames, 4, h, w], "calls": calls}
+    results: dict[str, torch.Tensor] = {}
+    with torch.inference_mode(), _autocast(device, cfg.autocast):
+        for graph in (False, True):
+            denoise = guided_denoiser(model, inputs, True, audio=True, cuda_graph=graph)
+            for _ in range(3):  # warm-up (a graph records in its second call)
+                denoise(x, t, True, True)
+            times = []
+            for _ in range(calls):
+                seconds, _, pred = _timed(device, lambda d=denoise: d(x, t, True, True))
+                times.append(seconds)
+            results[str(graph)] = pred
+            key = "graph" if graph else "eager"
+            out[f"{key}_call_s"] = float(np.median(times))
+            if not graph:
+                out["eager_profile"] = breakdown(lambda d=denoise: d(x, t, True, True), device, steps=2,
+                                                 step_s=out["eager_call_s"])
+        out["graph_vs_eager_max_abs_diff"] = float((results["True"].float() - results["False"].float()).abs().max())
+    model.state.clear()
+    out["speedup"] = out["eager_call_s"] / out["graph_call_s"]
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,14 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--autocast", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
     p.add_argument("--cases", nargs="+", default=None, help="only these cases (eager is always needed)")
     p.add_argument("--compile", action="store_true", help="also time the compiled case (compiles in its warm-up)")
-    p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--calls", type=int, default=0,
+                   help="then time N network calls eager and from a CUDA graph, and profile one (0 = off)")
+    p.add_argument("--json", help="also write the rows (and the call timing), the device and versions here")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run and print a table (and JSON lines)."""
     args = build_parser().parse_args(argv)
-    rows = run_benchmark(args)
+    rows, calls = run_benchmark(args)
     device = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else args.device
     print(f"# generation benchmark: {args.size}, {args.height or '-'}x{args.width or '-'}, {args.steps} steps, "
           f"{args.segments}x{args.frames} frames (+{args.motion} motion), {device}")
@@ -215,9 +286,21 @@ def main(argv: list[str] | None = None) -> int:
               f"| {r.reference_net_calls} | {first} | {diff} |")
     for r in rows:
         print(json.dumps(asdict(r)))
+    if calls is not None:
+        from benchmarks.profile_breakdown import format_breakdown
+
+        print(f"# one sampling call, batch {calls['batch']}: eager {calls['eager_call_s'] * 1e3:.1f} ms, "
+              f"CUDA graph {calls['graph_call_s'] * 1e3:.1f} ms ({calls['speedup']:.2f}x), "
+              f"max |diff| {calls['graph_vs_eager_max_abs_diff']:.2e}")
+        print(format_breakdown("eager sampling call", calls["eager_profile"]))
     if args.json:
+        import diffusers
+
+        report = {"command": "python -m benchmarks.generate " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  "device": device, "torch": torch.__version__, "diffusers": diffusers.__version__,
+                  "rows": [asdict(r) for r in rows], "calls": calls}
         with open(args.json, "w") as f:
-            json.dump([asdict(r) for r in rows], f, indent=1)
+            json.dump(report, f, indent=1)
     return 0
 
 

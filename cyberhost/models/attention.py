@@ -22,6 +22,9 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from torch import Tensor, nn
 
+_PLANNED = (  # the InjectionState attributes CyberHost.plan sets
+    "batch", "reference_mode", "reference_groups", "audio", "drop_audio", "reference", "motion")
+
 
 class InjectionState:
     """Conditions the processors read during one UNet call.
@@ -104,6 +107,15 @@ class InjectionState:
         self.reference = self.motion = None
         self.audio = self.drop_audio = self.reference_groups = None
         self.reference_mode = "kept"
+
+    def planned(self) -> dict[str, object]:
+        """What a forward's planning set (``CyberHost.plan``); :meth:`restore` puts it back."""
+        return {name: getattr(self, name) for name in _PLANNED}
+
+    def restore(self, planned: dict[str, object]) -> None:
+        """Put back what :meth:`planned` returned (a later forward's planning replaced it)."""
+        for name, value in planned.items():
+            setattr(self, name, value)
 
     def set_drop_reference(self, drop: Tensor | None, frames: int, host: Tensor | None = None) -> None:
         """Decide :attr:`reference_mode` / :attr:`reference_groups` from ``drop`` (``(B,)`` bool, True drops it).

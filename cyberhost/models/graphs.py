@@ -9,7 +9,10 @@ What is recorded is :meth:`CyberHost.predict` -- the forward after its one devic
 (:meth:`CyberHost.plan`), so the recording holds no host decision on tensor values. The tensors
 the plan holds (reference features, motion frames, audio tokens, the injection state's index
 tensors) are read in place by the replays, so they must stay unchanged while a
-:class:`GraphedForward` is in use; the sampling pipeline makes one per segment.
+:class:`GraphedForward` is in use; the sampling pipeline makes one per segment. The graph keeps
+them alive itself, and records from the injection state of its own plan: an eager call in
+between plans anew and replaces the state's tensors, whose memory must not go back to the
+allocator while a recording reads it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class GraphedForward:
         self._x: Tensor | None = None
         self._t: Tensor | None = None
         self._out: Tensor | None = None
+        self._planned: dict[str, object] = {}  # the injection state the plan set: the recording reads it
 
     @property
     def recorded(self) -> bool:
@@ -70,6 +74,7 @@ class GraphedForward:
 
     def _warm_up(self, x: Tensor, t: Tensor) -> Tensor:
         self.plan = self.model.plan(x.shape[:2], **self.inputs)
+        self._planned = self.model.state.planned()
         side = torch.cuda.Stream(x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):
@@ -79,6 +84,7 @@ class GraphedForward:
 
     def _record(self, x: Tensor, t: Tensor) -> Tensor:
         self._x, self._t = x.clone(), t.clone()
+        self.model.state.restore(self._planned)  # an eager call since may have planned another forward
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
@@ -89,10 +95,11 @@ class GraphedForward:
             self.eager = True
             return self.model(x, t, **self.inputs).sample
         self.graph = graph
+        log.info("recorded the denoising network's call for batch %s in a CUDA graph", tuple(x.shape))
         graph.replay()
         return self._out.clone()
 
     def close(self) -> None:
         """Free the recording (its memory pool) and the input/output buffers."""
         self.graph = self._x = self._t = self._out = None
-        self.plan = None
+        self.plan, self._planned = None, {}

@@ -58,3 +58,19 @@ def test_graphed_forward_runs_eagerly_on_the_cpu() -> None:
             x, t = torch.randn(3, 3, 4, LATENT, LATENT, generator=g), torch.full((3,), 900 - 300 * step)
             torch.testing.assert_close(graphed(x, t), model(x, t, **inputs).sample, atol=0, rtol=0)
     assert not graphed.recorded
+
+
+def test_a_plans_injection_state_can_be_put_back() -> None:
+    """A graph records from its own plan's state although an eager forward planned another one since."""
+    model = _model()
+    inputs = sampling_inputs(model)
+    with torch.no_grad():
+        model.plan((3, 3), **inputs)  # the batched CFG's mixed reference batch
+        planned = model.state.planned()
+        groups = model.state.reference_groups
+        model.plan((3, 3), **{**inputs, "drop_reference": None, "drop_audio": None})  # another forward
+        assert model.state.reference_mode == "kept" and model.state.reference_groups is None
+        model.state.restore(planned)
+    assert model.state.reference_mode == "mixed" and model.state.reference_groups is groups
+    readers = model.state._readers["reference"]
+    assert readers and all(r.tokens is model.state.reference.get(r.source) for r in readers)
