@@ -46,6 +46,7 @@ from cyberhost.inference.conditions import ReferenceConditions, reference_from_k
 from cyberhost.inference.pipeline import GenerateConfig, _autocast, generate_video
 from cyberhost.models import CyberHost, CyberHostConfig
 from cyberhost.models.conditioning import guided_denoiser
+from cyberhost.models.norms import set_native_norms
 
 
 @dataclass
@@ -213,34 +214,42 @@ def segment_inputs(model: CyberHost, ref: ReferenceConditions, audio: np.ndarray
 
 def time_network_calls(model: CyberHost, ref: ReferenceConditions, audio: np.ndarray, cfg: GenerateConfig,
                        calls: int) -> dict[str, object]:
-    """Median seconds of sampling's batched CFG call, eager and replayed from a CUDA graph; a profile of the eager one."""
+    """Median seconds of sampling's batched CFG call: with autocast's float32 norms and (half weights) with
+    16-bit norms, and replayed from a CUDA graph; a profile of the eager call as ``cfg`` runs it."""
     from benchmarks.profile_breakdown import breakdown
 
     device = next(model.parameters()).device
-    inputs = segment_inputs(model, ref, audio, cfg)
+    inputs = segment_inputs(model, ref, audio, cfg)  # applies cfg (half weights) to the model
     h, w = (s // 8 for s in inputs["driving_map"].shape[-2:])  # the driving map is at pixel resolution
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, cfg.num_frames, 4, h, w, generator=g).to(device)
     t = torch.tensor([500], device=device)
     out: dict[str, object] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                               "batch": [3, cfg.num_frames, 4, h, w], "calls": calls}
-    results: dict[str, torch.Tensor] = {}
+
+    def median_call(graph: bool) -> tuple[float, torch.Tensor]:
+        denoise = guided_denoiser(model, inputs, True, audio=True, cuda_graph=graph)
+        for _ in range(3):  # warm-up (a graph records in its second call)
+            denoise(x, t, True, True)
+        times, pred = [], None
+        for _ in range(calls):
+            seconds, _, pred = _timed(device, lambda: denoise(x, t, True, True))
+            times.append(seconds)
+        return float(np.median(times)), pred
+
     with torch.inference_mode(), _autocast(device, cfg.autocast):
-        for graph in (False, True):
-            denoise = guided_denoiser(model, inputs, True, audio=True, cuda_graph=graph)
-            for _ in range(3):  # warm-up (a graph records in its second call)
-                denoise(x, t, True, True)
-            times = []
-            for _ in range(calls):
-                seconds, _, pred = _timed(device, lambda d=denoise: d(x, t, True, True))
-                times.append(seconds)
-            results[str(graph)] = pred
-            key = "graph" if graph else "eager"
-            out[f"{key}_call_s"] = float(np.median(times))
-            if not graph:
-                out["eager_profile"] = breakdown(lambda d=denoise: d(x, t, True, True), device, steps=2,
-                                                 step_s=out["eager_call_s"])
-        out["graph_vs_eager_max_abs_diff"] = float((results["True"].float() - results["False"].float()).abs().max())
+        if cfg.half_weights:  # the same call with autocast's float32 norms, then as generation runs it
+            set_native_norms(model, native=False)
+            out["eager_float32_norms_call_s"], plain = median_call(False)
+            set_native_norms(model)
+        out["eager_call_s"], eager = median_call(False)
+        out["graph_call_s"], graphed = median_call(True)
+        out["graph_vs_eager_max_abs_diff"] = float((graphed.float() - eager.float()).abs().max())
+        if cfg.half_weights:
+            out["native_vs_float32_norms_max_abs_diff"] = float((eager.float() - plain.float()).abs().max())
+        denoise = guided_denoiser(model, inputs, True, audio=True)
+        out["eager_profile"] = breakdown(lambda: denoise(x, t, True, True), device, steps=2,
+                                         step_s=out["eager_call_s"], top=40)
     model.state.clear()
     out["speedup"] = out["eager_call_s"] / out["graph_call_s"]
     return out
@@ -289,8 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     if calls is not None:
         from benchmarks.profile_breakdown import format_breakdown
 
-        print(f"# one sampling call, batch {calls['batch']}: eager {calls['eager_call_s'] * 1e3:.1f} ms, "
-              f"CUDA graph {calls['graph_call_s'] * 1e3:.1f} ms ({calls['speedup']:.2f}x), "
+        norms = calls.get("eager_float32_norms_call_s")
+        print(f"# one sampling call, batch {calls['batch']}: eager {calls['eager_call_s'] * 1e3:.1f} ms"
+              + (f" (float32 norms: {norms * 1e3:.1f} ms, max |diff| {calls['native_vs_float32_norms_max_abs_diff']:.2e})"
+                 if norms else "")
+              + f", CUDA graph {calls['graph_call_s'] * 1e3:.1f} ms ({calls['speedup']:.2f}x), "
               f"max |diff| {calls['graph_vs_eager_max_abs_diff']:.2e}")
         print(format_breakdown("eager sampling call", calls["eager_profile"]))
     if args.json:

@@ -62,7 +62,7 @@ def _union(intervals: list[tuple[float, float]]) -> float:
 
 
 def breakdown(step: Callable[[], None], device: torch.device, steps: int = 2,
-              step_s: float | None = None) -> dict[str, Any]:
+              step_s: float | None = None, top: int = 0) -> dict[str, Any]:
     """Per-step device time by category (ms and share of the wall time), idle time and copy count.
 
     Args:
@@ -72,6 +72,8 @@ def breakdown(step: Callable[[], None], device: torch.device, steps: int = 2,
         step_s: the step's time measured without the profiler, which slows the host down (on the H200
             a 0.21 s step took 0.35 s profiled): ``idle_vs_step_ms`` is that time minus the busy time,
             the idle time of an unprofiled step.
+        top: also list the ``top`` kernels (operators on a CPU) by device time: ``top_kernels``,
+            ``[name, category, ms per step, launches per step]``.
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -88,6 +90,7 @@ def breakdown(step: Callable[[], None], device: torch.device, steps: int = 2,
     kernels = dict.fromkeys(CATEGORIES, 0)
     intervals: list[tuple[float, float]] = []
     copy_ops = 0
+    by_name: dict[str, list[float]] = {}
     for e in prof.events():
         if e.name in COPY_OPS and e.device_type == torch.autograd.DeviceType.CPU:
             copy_ops += 1
@@ -104,6 +107,9 @@ def breakdown(step: Callable[[], None], device: torch.device, steps: int = 2,
         cat = category(e.name)
         per_cat[cat] += dur
         kernels[cat] += 1
+        acc = by_name.setdefault(e.name, [0.0, 0])
+        acc[0] += dur
+        acc[1] += 1
     busy = _union(intervals)
     out: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
@@ -116,6 +122,8 @@ def breakdown(step: Callable[[], None], device: torch.device, steps: int = 2,
         "ms": {c: v / steps / 1e3 for c, v in per_cat.items()},
         "count_per_step": {c: v / steps for c, v in kernels.items()},
     }
+    ranked = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]
+    out["top_kernels"] = [[name, category(name), us / steps / 1e3, n / steps] for name, (us, n) in ranked]
     out["share_of_wall"] = {c: v / out["wall_ms"] for c, v in out["ms"].items()}
     out["share_of_wall"]["idle"] = out["idle_ms"] / out["wall_ms"]
     if step_s is not None:
@@ -136,4 +144,6 @@ def format_breakdown(case: str, b: dict[str, Any]) -> str:
                      f"({b['share_of_step']['idle']:.1%})")
     for c in CATEGORIES:
         lines.append(f"    {c:<20} {b['ms'][c]:9.2f} ms  {b['share_of_wall'][c]:6.1%}  {b['count_per_step'][c]:7.0f} kernels")
+    for name, cat, ms, n in b.get("top_kernels", []):
+        lines.append(f"      {ms:8.2f} ms {n:6.0f}x  [{cat}] {name[:150]}")
     return "\n".join(lines)

@@ -43,6 +43,7 @@ from cyberhost.media import AudioFileTrack, AudioTrack, VideoWriter, read_audio
 from cyberhost.media.keypoints import KeypointBackend, MediaPipeHolistic
 from cyberhost.models import CyberHost
 from cyberhost.models.conditioning import guided_denoiser, network_inputs
+from cyberhost.models.norms import set_native_norms
 
 from .conditions import (
     ReferenceConditions,
@@ -89,7 +90,9 @@ class GenerateConfig:
         crf: x264 quality (lower = better, 18 is visually lossless).
         half_weights: store the network's weights in the autocast dtype for the run (VAE and
             UNets; wav2vec2 and ArcFace stay float32): no cast of every weight at every layer and
-            half the weight memory. Changes ``model`` in place; needs bf16 or fp16 autocast.
+            half the weight memory; and their GroupNorm/LayerNorm layers normalise in that dtype
+            instead of autocast's float32 (:func:`~cyberhost.models.norms.set_native_norms`).
+            Changes ``model`` in place; needs bf16 or fp16 autocast.
         compile: compile the UNets' repeated blocks (``torch.compile``, regionally:
             :func:`~cyberhost.models.blocks.compile_regions`; not the VAE, which decodes each frame
             once) on first use. The first segment then waits for the compiler; it can only pay on
@@ -205,6 +208,7 @@ def speed_up(model: CyberHost, config: GenerateConfig) -> None:
     """Apply ``config.half_weights`` and ``config.compile`` to ``model`` (in place; again is a no-op)."""
     if config.half_weights:
         model.cast_frozen(AUTOCAST_DTYPES[config.autocast])
+        set_native_norms(model)
     if config.compile:
         from cyberhost.models.blocks import CompileConfig, compile_regions
 

@@ -1,0 +1,35 @@
+"""16-bit norms under autocast: the same normalisation, computed in the weights' dtype."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cyberhost.models.norms import NativeGroupNorm, NativeLayerNorm, set_native_norms
+
+
+def _net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.GroupNorm(4, 16), nn.SiLU(), nn.Conv2d(16, 16, 1), nn.Flatten(2), nn.LayerNorm(64),
+                         nn.LayerNorm(64, elementwise_affine=False))
+
+
+def test_native_norms_keep_bf16_and_match_float32() -> None:
+    net = _net()
+    x = torch.randn(2, 16, 8, 8)
+    want = net(x)  # float32 throughout
+    net.to(torch.bfloat16)
+    assert set_native_norms(net) == 2  # the affine-free LayerNorm has no weight dtype: left alone
+    assert isinstance(net[0], NativeGroupNorm) and isinstance(net[4], NativeLayerNorm)
+    assert type(net[5]) is nn.LayerNorm
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net[0](x).dtype == net[4](x.flatten(2)).dtype == torch.bfloat16  # float32 in, bf16 out
+        got = net(x)
+    torch.testing.assert_close(got.float(), want, atol=0.08, rtol=0.05)  # bf16 rounding of the weights and output
+    assert set(net.state_dict()) == set(_net().state_dict())  # checkpoints do not see the switch
+    assert set_native_norms(net, native=False) == 2 and type(net[0]) is nn.GroupNorm
+
+
+def test_float32_norms_are_left_alone() -> None:
+    net = _net()
+    assert set_native_norms(net) == 0 and type(net[0]) is nn.GroupNorm
