@@ -46,7 +46,7 @@ from cyberhost.inference.conditions import ReferenceConditions, reference_from_k
 from cyberhost.inference.pipeline import GenerateConfig, _autocast, generate_video
 from cyberhost.models import CyberHost, CyberHostConfig
 from cyberhost.models.conditioning import guided_denoiser
-from cyberhost.models.norms import set_native_norms
+from cyberhost.models.precision import set_half_activations
 
 
 @dataclass
@@ -239,9 +239,9 @@ def time_network_calls(model: CyberHost, ref: ReferenceConditions, audio: np.nda
 
     with torch.inference_mode(), _autocast(device, cfg.autocast):
         if cfg.half_weights:  # the same call with autocast's float32 norms, then as generation runs it
-            set_native_norms(model, native=False)
+            set_half_activations(model, enabled=False)
             out["eager_float32_norms_call_s"], plain = median_call(False)
-            set_native_norms(model)
+            set_half_activations(model)
         out["eager_call_s"], eager = median_call(False)
         out["graph_call_s"], graphed = median_call(True)
         out["graph_vs_eager_max_abs_diff"] = float((graphed.float() - eager.float()).abs().max())

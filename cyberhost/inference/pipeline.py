@@ -43,7 +43,7 @@ from cyberhost.media import AudioFileTrack, AudioTrack, VideoWriter, read_audio
 from cyberhost.media.keypoints import KeypointBackend, MediaPipeHolistic
 from cyberhost.models import CyberHost
 from cyberhost.models.conditioning import guided_denoiser, network_inputs
-from cyberhost.models.norms import set_native_norms
+from cyberhost.models.precision import set_half_activations
 
 from .conditions import (
     ReferenceConditions,
@@ -90,8 +90,8 @@ class GenerateConfig:
         crf: x264 quality (lower = better, 18 is visually lossless).
         half_weights: store the network's weights in the autocast dtype for the run (VAE and
             UNets; wav2vec2 and ArcFace stay float32): no cast of every weight at every layer and
-            half the weight memory; and their GroupNorm/LayerNorm layers normalise in that dtype
-            instead of autocast's float32 (:func:`~cyberhost.models.norms.set_native_norms`).
+            half the weight memory; and their norms and positional embeddings compute in that dtype
+            instead of autocast's float32 (:func:`~cyberhost.models.precision.set_half_activations`).
             Changes ``model`` in place; needs bf16 or fp16 autocast.
         compile: compile the UNets' repeated blocks (``torch.compile``, regionally:
             :func:`~cyberhost.models.blocks.compile_regions`; not the VAE, which decodes each frame
@@ -208,7 +208,7 @@ def speed_up(model: CyberHost, config: GenerateConfig) -> None:
     """Apply ``config.half_weights`` and ``config.compile`` to ``model`` (in place; again is a no-op)."""
     if config.half_weights:
         model.cast_frozen(AUTOCAST_DTYPES[config.autocast])
-        set_native_norms(model)
+        set_half_activations(model)
     if config.compile:
         from cyberhost.models.blocks import CompileConfig, compile_regions
 

@@ -1,0 +1,47 @@
+"""16-bit activations under autocast: norms and positional embeddings computed in 16 bits."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.embeddings import SinusoidalPositionalEmbedding
+from torch import nn
+
+from cyberhost.models.precision import NativeGroupNorm, NativeLayerNorm, NativePositionalEmbedding, set_half_activations
+
+
+def _net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.GroupNorm(4, 16), nn.SiLU(), nn.Conv2d(16, 16, 1), nn.Flatten(2), nn.LayerNorm(64),
+                         nn.LayerNorm(64, elementwise_affine=False))
+
+
+def test_native_norms_keep_bf16_and_match_float32() -> None:
+    net = _net()
+    x = torch.randn(2, 16, 8, 8)
+    want = net(x)  # float32 throughout
+    net.to(torch.bfloat16)
+    assert set_half_activations(net) == 2  # the affine-free LayerNorm has no weight dtype: left alone
+    assert isinstance(net[0], NativeGroupNorm) and isinstance(net[4], NativeLayerNorm)
+    assert type(net[5]) is nn.LayerNorm
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net[0](x).dtype == net[4](x.flatten(2)).dtype == torch.bfloat16  # float32 in, bf16 out
+        got = net(x)
+    torch.testing.assert_close(got.float(), want, atol=0.08, rtol=0.05)  # bf16 rounding of the weights and output
+    assert set(net.state_dict()) == set(_net().state_dict())  # checkpoints do not see the switch
+    assert set_half_activations(net, enabled=False) == 2 and type(net[0]) is nn.GroupNorm
+
+
+def test_float32_norms_are_left_alone() -> None:
+    net = _net()
+    assert set_half_activations(net) == 0 and type(net[0]) is nn.GroupNorm
+
+
+def test_positional_embedding_adds_in_the_inputs_dtype() -> None:
+    pos = nn.Sequential(SinusoidalPositionalEmbedding(8, max_seq_length=6))
+    x = torch.randn(3, 5, 8)
+    want = pos(x)
+    assert pos(x.bfloat16()).dtype == torch.float32  # diffusers' float32 table promotes a bf16 input
+    assert set_half_activations(pos) == 1 and isinstance(pos[0], NativePositionalEmbedding)
+    assert pos(x.bfloat16()).dtype == torch.bfloat16
+    torch.testing.assert_close(pos(x), want, atol=0, rtol=0)  # float32 in: exactly as before
+    assert pos[0].pe.dtype == torch.float32 and "0.pe" in pos.state_dict()
