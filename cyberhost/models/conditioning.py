@@ -18,7 +18,7 @@ from torch import Tensor
 
 from cyberhost.data.transforms import to_maps, to_unit
 
-from .graphs import GraphedForward
+from .graphs import PlannedForward
 
 if TYPE_CHECKING:
     from cyberhost.data.conditions import Conditions
@@ -96,13 +96,17 @@ def guided_denoiser(model: CyberHost, inputs: dict[str, Any], batched: bool = Tr
         batched: one batch of 3 per step instead of three calls.
         audio: False: the audio is dropped in every branch (no audio was given).
         cuda_graph: with ``batched``, replay the batch of 3 from a CUDA graph after the first
-            call (:class:`~cyberhost.models.graphs.GraphedForward`; on a CUDA device). ``inputs``
-            must then stay unchanged while the denoiser is in use.
+            call (on a CUDA device).
+
+    Each branch (or the batch of 3) is planned at its first call and only predicted after
+    (:class:`~cyberhost.models.graphs.PlannedForward`): the Pose Encoder and the other
+    condition-only work run once per segment, so ``inputs`` must stay unchanged while the
+    denoiser is in use.
     """
     inputs = {k: v for k, v in inputs.items() if k not in ("drop_reference", "drop_audio")}
     three = {k: _repeat(v, 3) for k, v in inputs.items()} if batched else None
     cache: dict[str, Any] = {}
-    graphed: list[GraphedForward] = []  # made at the first call, which knows the batch and device
+    planned: dict[tuple[bool, bool] | None, PlannedForward] = {}  # per branch (None: the batch of 3)
 
     def flags(x: Tensor, ref: list[bool], aud: list[bool]) -> dict[str, Tensor]:
         b = x.shape[0] // len(ref)
@@ -114,16 +118,15 @@ def guided_denoiser(model: CyberHost, inputs: dict[str, Any], batched: bool = Tr
 
     def denoise(x: Tensor, t: Tensor, use_reference: bool, use_audio: bool) -> Tensor:
         if three is None:
-            return model(x, t, **inputs, **flags(x, [use_reference], [use_audio])).sample
+            key = (use_reference, use_audio)
+            if key not in planned:
+                planned[key] = PlannedForward(model, {**inputs, **flags(x, [use_reference], [use_audio])})
+            return planned[key](x, t)
         if use_reference and use_audio:
             x3, t3 = _repeat(x, 3), _repeat(t, 3)
-            if not cuda_graph:
-                out = model(x3, t3, **three, **flags(x3, *BRANCHES)).sample
-            else:
-                if not graphed:
-                    graphed.append(GraphedForward(model, {**three, **flags(x3, *BRANCHES)}))
-                out = graphed[0](x3, t3)
-            uncond, ref_only, full = out.chunk(3)
+            if None not in planned:
+                planned[None] = PlannedForward(model, {**three, **flags(x3, *BRANCHES)}, cuda_graph)
+            uncond, ref_only, full = planned[None](x3, t3).chunk(3)
             cache.update(x=x, outs={(False, False): uncond, (True, False): ref_only})
             return full
         if cache.get("x") is not x:

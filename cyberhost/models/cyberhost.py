@@ -101,13 +101,15 @@ class CyberHostOutput:
 
 @dataclass
 class ForwardPlan:
-    """What :meth:`CyberHost.plan` decided for one batch: the conditions of a forward besides x_t and t.
+    """What :meth:`CyberHost.plan` decided and computed for one batch: the forward's parts that do not
+    depend on x_t and t (sampling reuses one plan for every step of a segment).
 
     Attributes:
         batch: B.
         frames: F.
-        reference, driving_map, hand_clarity, hand_clarity_valid, drop_reference: as given to
-            :meth:`CyberHost.forward` (``hand_clarity`` None in stage 1).
+        reference, drop_reference: as given to :meth:`CyberHost.forward`.
+        pose: the Pose Encoder's residual of the driving map ``(B*F, 4, h, w)``, None without one.
+        clarity: the hand clarity embedding ``(B*F, D)`` added to the time embedding (stage 2), or None.
         face_valid: the face identity token mask, None where every face is valid (the RCA then
             keeps its unmasked SDPA path).
         hand_valid: the same for the hands.
@@ -116,9 +118,8 @@ class ForwardPlan:
     batch: int
     frames: int
     reference: ReferenceFeatures | None
-    driving_map: Tensor | None
-    hand_clarity: Tensor | None
-    hand_clarity_valid: Tensor | None
+    pose: Tensor | None
+    clarity: Tensor | None
     drop_reference: Tensor | None
     face_valid: Tensor | None
     hand_valid: Tensor | None
@@ -541,10 +542,12 @@ class CyberHost(nn.Module):
     ) -> ForwardPlan:
         """The host side of a forward: check the conditions, read the flags once, set the injection state.
 
-        Everything :meth:`forward` decides from the conditions alone (arguments as there;
-        ``batch_frames`` = ``(B, F)`` of the noisy latents). :meth:`predict` then does the device
-        work of the forward from x_t and t with no device-to-host read, which is what a CUDA graph
-        can capture (:class:`cyberhost.models.graphs.GraphedForward`).
+        Everything :meth:`forward` decides and computes from the conditions alone (arguments as
+        there; ``batch_frames`` = ``(B, F)`` of the noisy latents), the Pose Encoder and the
+        clarity embedding included. :meth:`predict` then does the device work of the forward from
+        x_t and t with no device-to-host read: sampling plans once per segment and predicts at
+        every step, and a CUDA graph can capture a prediction
+        (:class:`cyberhost.models.graphs.PlannedForward`).
         """
         b, f = batch_frames
         _check_flags(b, drop_reference=drop_reference, drop_audio=drop_audio)
@@ -570,8 +573,11 @@ class CyberHost(nn.Module):
         state.audio = None if audio_tokens is None else audio_tokens.flatten(0, 1)  # (BF, K, D)
         if all_audio_dropped and not torch.is_grad_enabled():
             state.audio = None  # sampling's audio-free branches: the same output, without the audio attention
-        return ForwardPlan(b, f, reference, driving_map, hand_clarity if self.config.stage == 2 else None,
-                           hand_clarity_valid, drop_reference, face_valid, hand_valid)
+        pose = None if driving_map is None else self.pose_encoder(driving_map.flatten(0, 1))
+        clarity = None
+        if hand_clarity is not None and self.config.stage == 2:
+            clarity = self.clarity(hand_clarity, hand_clarity_valid)
+        return ForwardPlan(b, f, reference, pose, clarity, drop_reference, face_valid, hand_valid)
 
     def predict(self, noisy_latents: Tensor, timesteps: Tensor, plan: ForwardPlan) -> CyberHostOutput:
         """The device side of a forward (:meth:`plan` ran first and nothing changed the injection state since).
@@ -583,11 +589,11 @@ class CyberHost(nn.Module):
         if tuple(noisy_latents.shape[:2]) != (b, f):
             raise ValueError(f"noisy_latents {tuple(noisy_latents.shape)} do not match the plan's (B, F) = ({b}, {f})")
         x = noisy_latents.flatten(0, 1)  # (BF, 4, h, w)
-        if plan.driving_map is not None:
-            x = x + self.pose_encoder(plan.driving_map.flatten(0, 1).to(x.dtype))
+        if plan.pose is not None:
+            x = x + plan.pose.to(x.dtype)
         emb = time_embedding(self.unet, timesteps.expand(b)).repeat_interleave(f, 0)  # (BF, D)
-        if plan.hand_clarity is not None:
-            emb = emb + self.clarity(plan.hand_clarity, plan.hand_clarity_valid).to(emb.dtype)
+        if plan.clarity is not None:
+            emb = emb + plan.clarity.to(emb.dtype)
         reference, drop_reference = plan.reference, plan.drop_reference
         face_id = None if reference is None else reference.face_id
         hand_id = None if reference is None else reference.hand_id

@@ -8,7 +8,7 @@ import torch
 
 from benchmarks.generate import synthetic_reference
 from cyberhost.inference import GenerateConfig, generate_video
-from cyberhost.models.graphs import GraphedForward
+from cyberhost.models.graphs import PlannedForward
 
 from ..inference.conftest import build_model, settings_for
 from ..models.conftest import LATENT, sampling_inputs, wake_zero_inits
@@ -21,7 +21,7 @@ def test_replays_match_the_eager_network() -> None:
     model = build_model().to(CUDA)
     wake_zero_inits(model)
     inputs = sampling_inputs(model)
-    graphed = GraphedForward(model, inputs)
+    graphed = PlannedForward(model, inputs, cuda_graph=True)
     g = torch.Generator().manual_seed(4)
     with torch.inference_mode():
         for step in range(4):  # eager warm-up, recording, two replays

@@ -257,8 +257,7 @@ def test_hand_clarity_generate_feeds_stays_inside_what_training_saw(ema_run: dic
     stored = stored[np.isfinite(stored)]
     assert seen["count"] > 0 and stored.min() - 1e-4 <= seen["min"] <= seen["p90"] <= seen["max"] <= stored.max() + 1e-4
     fed: list[torch.Tensor] = []
-    model.register_forward_pre_hook(lambda _m, _a, kw: fed.append(kw["hand_clarity"][kw["hand_clarity_valid"]]),
-                                    with_kwargs=True)
+    model.clarity.register_forward_pre_hook(lambda _m, args: fed.append(args[0][args[1]]))  # (scores, valid)
     audio = np.zeros(3200, np.float32)
     generate_video(model, photo, audio, None, settings=settings, config=GenerateConfig(steps=1, max_frames=2),
                    backend=FixedBackend(photo_keypoints), progress=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -31,12 +33,15 @@ def _box(ref) -> np.ndarray:  # noqa: ANN001
 
 
 def _capture_driving_map(model) -> list[torch.Tensor]:
+    """The driving map of every forward the network plans (training's ``forward`` and sampling's segments)."""
     seen: list[torch.Tensor] = []
+    plan, signature = model.plan, inspect.signature(model.plan)
 
-    def hook(_module, args, kwargs):
-        seen.append(kwargs["driving_map"].clone())  # forward(noisy, t, reference=..., driving_map=..., ...)
+    def spy(*args, **kwargs):
+        seen.append(signature.bind(*args, **kwargs).arguments["driving_map"].clone())
+        return plan(*args, **kwargs)
 
-    model.register_forward_pre_hook(hook, with_kwargs=True)
+    model.plan = spy
     return seen
 
 

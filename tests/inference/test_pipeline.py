@@ -9,6 +9,7 @@ import torch
 from cyberhost.diffusion import GuidedSampler, combine_guidance
 from cyberhost.inference import GenerateConfig, generate_video
 from cyberhost.models.conditioning import guided_denoiser
+from cyberhost.models.precision import NativeGroupNorm
 
 from ..models.conftest import wake_zero_inits
 from .conftest import FixedBackend, build_model, settings_for
@@ -109,18 +110,24 @@ def test_generation_is_deterministic_and_restores_train_mode(photo, photo_keypoi
     assert model.state.reference is None  # no tensors kept after sampling
 
 
-def test_half_weights_keep_the_frames_of_bf16_autocast(photo, photo_keypoints) -> None:
-    """bf16 weights only skip autocast's per-layer cast to bf16, so the frames are those of float32 weights."""
+def test_half_weights_are_as_close_to_float32_as_bf16_autocast(photo, photo_keypoints) -> None:
+    """bf16 weights, norms and positional embeddings change the rounding, not the result: the frames are as
+    close to float32's as those of bf16 autocast over float32 weights (measured: mean 0.90 vs 0.95 levels)."""
     model = build_model()
     wake_zero_inits(model)
     kwargs = dict(settings=settings_for(model), progress=False, backend=FixedBackend(photo_keypoints))
-    plain = generate_video(model, photo, _sine(0.2), None, config=GenerateConfig(steps=2, seed=1, autocast="bf16"),
-                           **kwargs)
-    half = generate_video(model, photo, _sine(0.2), None, **kwargs,
-                          config=GenerateConfig(steps=2, seed=1, autocast="bf16", half_weights=True))
+
+    def frames(**config) -> np.ndarray:
+        return generate_video(model, photo, _sine(0.2), None, config=GenerateConfig(steps=2, seed=1, **config),
+                              **kwargs).frames.astype(int)
+
+    exact, autocast = frames(autocast="fp32"), frames(autocast="bf16")
+    half = frames(autocast="bf16", half_weights=True)  # last: it changes the model in place
     assert model.unet.conv_in.weight.dtype == torch.bfloat16 and model.vae.decoder.conv_out.weight.dtype == torch.bfloat16
-    diff = np.abs(plain.frames.astype(int) - half.frames.astype(int))
-    assert diff.max() <= 1, diff.max()
+    assert isinstance(model.unet.conv_norm_out, NativeGroupNorm)
+    autocast_err, half_err = np.abs(autocast - exact).mean(), np.abs(half - exact).mean()
+    assert exact.std() > 10 and 0 < autocast_err < 2, (exact.std(), autocast_err)  # bf16 is close, not equal
+    assert half_err <= 1.1 * autocast_err, (half_err, autocast_err)
 
 
 def test_half_weights_need_16_bit_autocast() -> None:

@@ -51,26 +51,27 @@ def _still_clip(photo: np.ndarray, kps: np.ndarray, n: int) -> dict:
 
 
 class _Spy:
-    """Records the arguments of the first ``encode_reference`` and the first ``forward`` of a network."""
+    """Records the arguments of the first ``encode_reference`` and the first ``plan`` of a network (every
+    forward plans: training's ``forward`` and sampling's first step of a segment)."""
 
     def __init__(self, model: CyberHost) -> None:
         self.ref: dict | None = None
         self.fwd: dict | None = None
-        encode, forward = model.encode_reference, model.forward
+        encode, plan = model.encode_reference, model.plan
         enc_sig = inspect.signature(type(model).encode_reference.__get__(model))
-        fwd_sig = inspect.signature(type(model).forward.__get__(model))
+        plan_sig = inspect.signature(type(model).plan.__get__(model))
 
         def spy_encode(*args, **kwargs):
             if self.ref is None:
                 self.ref = dict(enc_sig.bind(*args, **kwargs).arguments)
             return encode(*args, **kwargs)
 
-        def spy_forward(*args, **kwargs):
+        def spy_plan(*args, **kwargs):
             if self.fwd is None:
-                self.fwd = dict(fwd_sig.bind(*args, **kwargs).arguments)
-            return forward(*args, **kwargs)
+                self.fwd = dict(plan_sig.bind(*args, **kwargs).arguments)
+            return plan(*args, **kwargs)
 
-        model.encode_reference, model.forward = spy_encode, spy_forward
+        model.encode_reference, model.plan = spy_encode, spy_plan
 
 
 def test_generation_conditions_match_training(photo: np.ndarray, photo_keypoints: np.ndarray) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cyberhost.models.graphs import GraphedForward
+from cyberhost.models.graphs import PlannedForward
 
 from .conftest import LATENT, build, sampling_inputs, wake_zero_inits
 
@@ -48,10 +48,10 @@ def test_predict_reads_nothing_back_and_matches_forward() -> None:
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
 
-def test_graphed_forward_runs_eagerly_on_the_cpu() -> None:
+def test_planned_forward_matches_the_network_on_the_cpu() -> None:
     model = _model()
     inputs = sampling_inputs(model)
-    graphed = GraphedForward(model, inputs)
+    graphed = PlannedForward(model, inputs, cuda_graph=True)
     g = torch.Generator().manual_seed(4)
     with torch.no_grad():
         for step in range(3):
