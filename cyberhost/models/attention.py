@@ -23,7 +23,7 @@ from diffusers.models.attention_processor import Attention
 from torch import Tensor, nn
 
 _PLANNED = (  # the InjectionState attributes CyberHost.plan sets
-    "batch", "reference_mode", "reference_groups", "audio", "drop_audio", "reference", "motion")
+    "batch", "reference_mode", "reference_groups", "reference_blocks", "audio", "drop_audio", "reference", "motion")
 
 
 class InjectionState:
@@ -45,6 +45,9 @@ class InjectionState:
             ``(Bk*F,)``, the dropped samples' frame indices, the permutation that puts
             ``cat(kept, dropped)`` frames back in batch order), on the device. Each group then runs
             its own unmasked SDPA: a boolean mask would rule out the flash kernel.
+        reference_blocks: for a ``"mixed"`` batch whose dropped samples are one block and its kept
+            ones another (sampling's batched CFG): ``(dropped first, dropped samples)``; the
+            groups are then slices of the batch, with no gather in and out. None otherwise.
         motion: layer name -> motion-frame tokens ``(B, M, L, C)`` for temporal attention.
         audio: audio tokens ``(B*F, K, D)`` per frame.
         drop_audio: ``(B,)`` bool, True drops the audio for that sample; None = dropped for none.
@@ -55,6 +58,7 @@ class InjectionState:
     def __init__(self) -> None:
         self.reference_mode = "kept"
         self.reference_groups: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        self.reference_blocks: tuple[bool, int] | None = None
         self.audio: Tensor | None = None
         self.drop_audio: Tensor | None = None
         self.batch = 1
@@ -105,7 +109,7 @@ class InjectionState:
         """Forget every tensor (call when no backward will follow, e.g. after sampling)."""
         self.bank = {}
         self.reference = self.motion = None
-        self.audio = self.drop_audio = self.reference_groups = None
+        self.audio = self.drop_audio = self.reference_groups = self.reference_blocks = None
         self.reference_mode = "kept"
 
     def planned(self) -> dict[str, object]:
@@ -123,13 +127,18 @@ class InjectionState:
         One device-to-host read per forward, not one per attention layer; ``host``, a CPU copy of
         ``drop`` the caller already read, saves even that one.
         """
-        self.reference_groups, self.reference_mode = None, "kept"
+        self.reference_groups, self.reference_blocks, self.reference_mode = None, None, "kept"
         if drop is None:
             return
         keep = ~(drop.detach().to("cpu", torch.bool) if host is None else host.to(torch.bool))
         kept = int(keep.sum())
         self.reference_mode = "kept" if kept == keep.numel() else "dropped" if kept == 0 else "mixed"
         if self.reference_mode == "mixed":
+            dropped = int((~keep).sum())
+            flags = keep.tolist()
+            if flags == [False] * dropped + [True] * kept or flags == [True] * kept + [False] * dropped:
+                self.reference_blocks = (not flags[0], dropped)
+                return
             per = torch.arange(frames)
             keep_s, drop_s = keep.nonzero().flatten(), (~keep).nonzero().flatten()
             keep_f, drop_f = (keep_s[:, None] * frames + per).flatten(), (drop_s[:, None] * frames + per).flatten()
@@ -227,6 +236,15 @@ class ReferenceSelfAttnProcessor(_TokenReader):
             return sdpa(attn, hidden_states, hidden_states)
         if self.state.reference_mode == "kept":
             return _attend_with_reference(attn, hidden_states, ref)
+        if self.state.reference_blocks is not None:  # [dropped | kept] or [kept | dropped]: slices
+            dropped_first, dropped = self.state.reference_blocks
+            frames = hidden_states.shape[0] // ref.shape[0]
+            if dropped_first:
+                head, tail = hidden_states[: dropped * frames], hidden_states[dropped * frames :]
+                return torch.cat([sdpa(attn, head, head), _attend_with_reference(attn, tail, ref[dropped:])])
+            split = (ref.shape[0] - dropped) * frames
+            head, tail = hidden_states[:split], hidden_states[split:]
+            return torch.cat([_attend_with_reference(attn, head, ref[: ref.shape[0] - dropped]), sdpa(attn, tail, tail)])
         keep_s, keep_f, drop_f, inverse = self.state.reference_groups  # a batch mixing kept and dropped references
         kept = _attend_with_reference(attn, hidden_states[keep_f], ref[keep_s])  # (Bk*F, L, C)
         dropped = sdpa(attn, hidden_states[drop_f], hidden_states[drop_f])  # (Bd*F, L, C)

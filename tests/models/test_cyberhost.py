@@ -113,8 +113,12 @@ def test_drop_none_equals_no_drop_flags() -> None:
     assert model.state.reference_mode == "dropped"
 
 
-def test_mixed_reference_batch_equals_masked_attention() -> None:
-    """Splitting a mixed batch into kept/dropped groups equals one SDPA with a boolean key mask."""
+@pytest.mark.parametrize("keep", [[True, False, True], [False, True, True], [True, True, False]],
+                         ids=["scattered", "dropped-first", "kept-first"])
+def test_mixed_reference_batch_equals_masked_attention(keep: list[bool]) -> None:
+    """Splitting a mixed batch into kept/dropped groups equals one SDPA with a boolean key mask.
+
+    Groups that are one block each (sampling's batched CFG: dropped first) are sliced, not gathered."""
     import torch.nn.functional as F
     from diffusers.models.attention_processor import Attention
 
@@ -126,10 +130,11 @@ def test_mixed_reference_batch_equals_masked_attention() -> None:
     proc = ReferenceSelfAttnProcessor(state, "layer")
     b, f, length = 3, 2, 5
     x, ref = torch.randn(b * f, length, 32), torch.randn(b, 7, 32)
-    keep = torch.tensor([True, False, True])
+    keep = torch.tensor(keep)
     state.reference = {"layer": ref}
     state.set_drop_reference(~keep, f)
     assert state.reference_mode == "mixed"
+    assert (state.reference_blocks is None) == (keep.tolist() == [True, False, True])
     got = proc(attn, x)
 
     def heads(t: torch.Tensor) -> torch.Tensor:

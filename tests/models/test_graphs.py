@@ -67,10 +67,11 @@ def test_a_plans_injection_state_can_be_put_back() -> None:
     with torch.no_grad():
         model.plan((3, 3), **inputs)  # the batched CFG's mixed reference batch
         planned = model.state.planned()
-        groups = model.state.reference_groups
+        blocks = model.state.reference_blocks
+        assert blocks == (True, 1)  # [dropped | kept, kept]: sliced, not gathered
         model.plan((3, 3), **{**inputs, "drop_reference": None, "drop_audio": None})  # another forward
-        assert model.state.reference_mode == "kept" and model.state.reference_groups is None
+        assert model.state.reference_mode == "kept" and model.state.reference_blocks is None
         model.state.restore(planned)
-    assert model.state.reference_mode == "mixed" and model.state.reference_groups is groups
+    assert model.state.reference_mode == "mixed" and model.state.reference_blocks == blocks
     readers = model.state._readers["reference"]
     assert readers and all(r.tokens is model.state.reference.get(r.source) for r in readers)
