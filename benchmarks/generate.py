@@ -13,10 +13,13 @@ run and on the same network and inputs:
 * ``ours_batched_half``: and the weights in bf16 (``--half-weights``);
 * ``ours_batched_half_graphs``: and each segment's network call replayed from a CUDA graph
   (``--cuda-graphs``);
+* ``ours_batched_half_flash`` / ``_efficient`` / ``_cudnn``: half weights with only that SDPA
+  kernel family allowed (``--attention``);
 * ``ours_batched_half_compiled`` (``--compile``): half weights and regional compilation.
 
 ``--calls N`` then times the network call sampling makes at every step (the batch of three
-CFG branches of one segment, the last case's weights): eager against the CUDA graph's replay,
+CFG branches of one segment, the last case's weights): with diffusers' layers and with
+sampling's (``set_inference_layers``), with each SDPA kernel family, eager against the CUDA graph's replay,
 each call synchronised, N calls each, and profiles one eager call (device busy vs idle time,
 kernels launched) -- whether the call waits for the host, which is what a graph removes.
 
@@ -43,10 +46,10 @@ from cyberhost.data.transforms import TransformConfig, audio_window, to_maps, to
 from cyberhost.diffusion import GuidedSampler, NoiseSchedule, SamplerConfig
 from cyberhost.inference import pipeline
 from cyberhost.inference.conditions import ReferenceConditions, reference_from_keypoints
-from cyberhost.inference.pipeline import GenerateConfig, _autocast, generate_video
+from cyberhost.inference.pipeline import GenerateConfig, _autocast, attention_backend, generate_video
 from cyberhost.models import CyberHost, CyberHostConfig
 from cyberhost.models.conditioning import guided_denoiser
-from cyberhost.models.precision import set_half_activations
+from cyberhost.models.precision import set_inference_layers
 
 
 @dataclass
@@ -151,6 +154,8 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[BenchResult], dict[str
         "ours_batched": ours(True),
         **({"ours_batched_half": ours(True, half_weights=True)} if half else {}),
         **({"ours_batched_half_graphs": ours(True, half_weights=True, cuda_graphs=True)} if half else {}),
+        **({f"ours_batched_half_{name}": ours(True, half_weights=True, attention=name)  # type: ignore[arg-type]
+            for name in ("flash", "efficient", "cudnn")} if half else {}),
         **({"ours_batched_half_compiled" if half else "ours_batched_compiled":
             ours(True, half_weights=half, compile=True)} if args.compile else {}),
     }
@@ -238,10 +243,18 @@ def time_network_calls(model: CyberHost, ref: ReferenceConditions, audio: np.nda
         return float(np.median(times)), pred
 
     with torch.inference_mode(), _autocast(device, cfg.autocast):
-        if cfg.half_weights:  # the same call with autocast's float32 norms, then as generation runs it
-            set_half_activations(model, enabled=False)
+        if cfg.half_weights:  # the same call with diffusers' layers (autocast's float32 norms), then as generation runs it
+            set_inference_layers(model, enabled=False)
             out["eager_float32_norms_call_s"], plain = median_call(False)
-            set_half_activations(model)
+            set_inference_layers(model)
+        if device.type == "cuda":  # each SDPA kernel family PyTorch has for these shapes
+            out["attention_call_s"] = {}
+            for name in ("flash", "efficient", "cudnn"):
+                try:
+                    with attention_backend(name):
+                        out["attention_call_s"][name] = median_call(False)[0]
+                except RuntimeError as err:  # no kernel of that family for some shape
+                    out["attention_call_s"][name] = f"failed: {str(err)[:200]}"
         out["eager_call_s"], eager = median_call(False)
         out["graph_call_s"], graphed = median_call(True)
         out["graph_vs_eager_max_abs_diff"] = float((graphed.float() - eager.float()).abs().max())
@@ -304,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
                  if norms else "")
               + f", CUDA graph {calls['graph_call_s'] * 1e3:.1f} ms ({calls['speedup']:.2f}x), "
               f"max |diff| {calls['graph_vs_eager_max_abs_diff']:.2e}")
+        for name, seconds in calls.get("attention_call_s", {}).items():
+            print(f"#   attention {name}: " + (f"{seconds * 1e3:.1f} ms" if isinstance(seconds, float) else seconds))
         print(format_breakdown("eager sampling call", calls["eager_profile"]))
     if args.json:
         import diffusers

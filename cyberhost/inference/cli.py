@@ -100,9 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "17.6 -> 10.1 GiB peak), the same speed; default: on with bf16/fp16 autocast")
     r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=d.compile,
                    help="torch.compile the network's repeated blocks (the first segment waits for the compiler)")
-    r.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
-                   help="replay each segment's network call from a CUDA graph (with --batch-cfg; the same frames, "
-                        "the host no longer launches every kernel of every step); default: on with CUDA")
+    r.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=d.cuda_graphs,
+                   help="replay each segment's network call from a CUDA graph (with --batch-cfg; the same frames; "
+                        "pays only where the GPU waits for the host, which the sd15 call does not)")
+    r.add_argument("--attention", choices=("auto", "flash", "efficient", "cudnn", "math"), default=d.attention,
+                   help="SDPA kernel family (auto = PyTorch's choice)")
     r.add_argument("--decode-chunk", type=int, default=d.decode_chunk, help="frames per VAE decode call")
     r.add_argument("--crf", type=int, default=d.crf, help="x264 quality (lower is better)")
     r.add_argument("--keypoints", choices=("mediapipe", "rtmlib"), default="mediapipe", help="keypoint backend")
@@ -164,7 +166,7 @@ def generate_config(args: argparse.Namespace, device: torch.device) -> GenerateC
             batch_cfg=args.batch_cfg, align_driving=not args.no_align_driving, max_frames=args.max_frames,
             autocast=autocast, crf=args.crf, compile=args.compile,
             half_weights=autocast != "fp32" if args.half_weights is None else args.half_weights,
-            cuda_graphs=device.type == "cuda" if args.cuda_graphs is None else args.cuda_graphs,
+            cuda_graphs=args.cuda_graphs, attention=args.attention,
         )  # fmt: skip
     except ValueError as err:  # the config's own checks say what to change
         raise GenerateError(str(err)) from err

@@ -20,6 +20,7 @@ length. Driving videos are streamed (:mod:`.driving`) and their maps drawn per s
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import logging
@@ -33,6 +34,7 @@ import cv2
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from cyberhost.data.conditions import MODE_OVERLAYS, MODES
@@ -43,7 +45,7 @@ from cyberhost.media import AudioFileTrack, AudioTrack, VideoWriter, read_audio
 from cyberhost.media.keypoints import KeypointBackend, MediaPipeHolistic
 from cyberhost.models import CyberHost
 from cyberhost.models.conditioning import guided_denoiser, network_inputs
-from cyberhost.models.precision import set_half_activations
+from cyberhost.models.precision import set_inference_layers
 
 from .conditions import (
     ReferenceConditions,
@@ -91,7 +93,7 @@ class GenerateConfig:
         half_weights: store the network's weights in the autocast dtype for the run (VAE and
             UNets; wav2vec2 and ArcFace stay float32): no cast of every weight at every layer and
             half the weight memory; and their norms and positional embeddings compute in that dtype
-            instead of autocast's float32 (:func:`~cyberhost.models.precision.set_half_activations`).
+            instead of autocast's float32 (:func:`~cyberhost.models.precision.set_inference_layers`).
             Changes ``model`` in place; needs bf16 or fp16 autocast.
         compile: compile the UNets' repeated blocks (``torch.compile``, regionally:
             :func:`~cyberhost.models.blocks.compile_regions`; not the VAE, which decodes each frame
@@ -99,8 +101,11 @@ class GenerateConfig:
             long videos and repeated calls in one process.
         cuda_graphs: with ``batch_cfg`` on a CUDA device, record the network's call once per
             segment as a CUDA graph and replay it at the other steps
-            (:class:`~cyberhost.models.graphs.GraphedForward`): the host no longer launches every
+            (:class:`~cyberhost.models.graphs.PlannedForward`): the host no longer launches every
             kernel of every step. The same frames; the recording holds one call's activations.
+            Off by default: the sd15 call keeps the GPU busy, so there is nothing to gain (BENCHMARKS.md).
+        attention: the SDPA kernel family: ``"auto"`` (PyTorch's choice), ``"flash"``,
+            ``"efficient"``, ``"cudnn"`` or ``"math"``.
     """
 
     mode: str = "audio"
@@ -123,6 +128,7 @@ class GenerateConfig:
     half_weights: bool = False
     compile: bool = False
     cuda_graphs: bool = False
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -137,6 +143,8 @@ class GenerateConfig:
             raise ValueError(f"autocast must be 'bf16', 'fp16' or 'fp32', got {self.autocast!r}")
         if self.half_weights and self.autocast == "fp32":
             raise ValueError("half_weights needs bf16 or fp16 autocast: half weights cannot meet float32 activations")
+        if self.attention not in SDPA_BACKENDS:
+            raise ValueError(f"attention must be one of {sorted(SDPA_BACKENDS)}, got {self.attention!r}")
 
 
 @dataclass
@@ -208,11 +216,22 @@ def speed_up(model: CyberHost, config: GenerateConfig) -> None:
     """Apply ``config.half_weights`` and ``config.compile`` to ``model`` (in place; again is a no-op)."""
     if config.half_weights:
         model.cast_frozen(AUTOCAST_DTYPES[config.autocast])
-        set_half_activations(model)
+        set_inference_layers(model)
     if config.compile:
         from cyberhost.models.blocks import CompileConfig, compile_regions
 
         compile_regions(model, CompileConfig(enabled=True, vae=False))
+
+
+SDPA_BACKENDS = {"auto": None, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                 "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+"""``GenerateConfig.attention`` -> the SDPA backend it allows (None: any, PyTorch picks)."""
+
+
+def attention_backend(name: str) -> contextlib.AbstractContextManager:
+    """Allow only SDPA backend ``name`` (``SDPA_BACKENDS``) inside; ``"auto"`` changes nothing."""
+    backend = SDPA_BACKENDS[name]
+    return contextlib.nullcontext() if backend is None else sdpa_kernel(backend)
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -479,7 +498,7 @@ def generate_video(
     speed_up(model, config)
     bar = tqdm(total=plan.segments * config.steps, desc="generate", unit="step", disable=not progress)
     try:
-        with _autocast(next(model.parameters()).device, config.autocast):
+        with _autocast(next(model.parameters()).device, config.autocast), attention_backend(config.attention):
             _sample_segments(model, inputs, sampler, config, writer.write if writer else kept.append, bar, on_latents)
     finally:
         bar.close()

@@ -6,7 +6,7 @@ import torch
 from diffusers.models.embeddings import SinusoidalPositionalEmbedding
 from torch import nn
 
-from cyberhost.models.precision import NativeGroupNorm, NativeLayerNorm, NativePositionalEmbedding, set_half_activations
+from cyberhost.models.precision import NativeGroupNorm, NativeLayerNorm, NativePositionalEmbedding, set_inference_layers
 
 
 def _net() -> nn.Sequential:
@@ -20,7 +20,7 @@ def test_native_norms_keep_bf16_and_match_float32() -> None:
     x = torch.randn(2, 16, 8, 8)
     want = net(x)  # float32 throughout
     net.to(torch.bfloat16)
-    assert set_half_activations(net) == 2  # the affine-free LayerNorm has no weight dtype: left alone
+    assert set_inference_layers(net) == 2  # the affine-free LayerNorm has no weight dtype: left alone
     assert isinstance(net[0], NativeGroupNorm) and isinstance(net[4], NativeLayerNorm)
     assert type(net[5]) is nn.LayerNorm
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -28,12 +28,12 @@ def test_native_norms_keep_bf16_and_match_float32() -> None:
         got = net(x)
     torch.testing.assert_close(got.float(), want, atol=0.08, rtol=0.05)  # bf16 rounding of the weights and output
     assert set(net.state_dict()) == set(_net().state_dict())  # checkpoints do not see the switch
-    assert set_half_activations(net, enabled=False) == 2 and type(net[0]) is nn.GroupNorm
+    assert set_inference_layers(net, enabled=False) == 2 and type(net[0]) is nn.GroupNorm
 
 
 def test_float32_norms_are_left_alone() -> None:
     net = _net()
-    assert set_half_activations(net) == 0 and type(net[0]) is nn.GroupNorm
+    assert set_inference_layers(net) == 0 and type(net[0]) is nn.GroupNorm
 
 
 def test_positional_embedding_adds_in_the_inputs_dtype() -> None:
@@ -41,7 +41,22 @@ def test_positional_embedding_adds_in_the_inputs_dtype() -> None:
     x = torch.randn(3, 5, 8)
     want = pos(x)
     assert pos(x.bfloat16()).dtype == torch.float32  # diffusers' float32 table promotes a bf16 input
-    assert set_half_activations(pos) == 1 and isinstance(pos[0], NativePositionalEmbedding)
+    assert set_inference_layers(pos) == 1 and isinstance(pos[0], NativePositionalEmbedding)
     assert pos(x.bfloat16()).dtype == torch.bfloat16
     torch.testing.assert_close(pos(x), want, atol=0, rtol=0)  # float32 in: exactly as before
     assert pos[0].pe.dtype == torch.float32 and "0.pe" in pos.state_dict()
+
+
+def test_split_geglu_equals_diffusers_geglu() -> None:
+    from diffusers.models.activations import GEGLU
+
+    from cyberhost.models.precision import SplitGEGLU
+
+    torch.manual_seed(0)
+    ff = nn.Sequential(GEGLU(16, 24))
+    x = torch.randn(2, 5, 16)
+    want = ff(x)
+    assert set_inference_layers(ff) == 1 and isinstance(ff[0], SplitGEGLU)
+    got = ff(x)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
