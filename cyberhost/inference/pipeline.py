@@ -104,8 +104,8 @@ class GenerateConfig:
             (:class:`~cyberhost.models.graphs.PlannedForward`): the host no longer launches every
             kernel of every step. The same frames; the recording holds one call's activations.
             Off by default: the sd15 call keeps the GPU busy, so there is nothing to gain (BENCHMARKS.md).
-        attention: the SDPA kernel family: ``"auto"`` (PyTorch's choice), ``"flash"``,
-            ``"efficient"``, ``"cudnn"`` or ``"math"``.
+        attention: the SDPA kernel family to prefer: ``"auto"`` (PyTorch's choice), ``"flash"``,
+            ``"efficient"``, ``"cudnn"`` or ``"math"`` (:func:`attention_backend`).
     """
 
     mode: str = "audio"
@@ -229,9 +229,15 @@ SDPA_BACKENDS = {"auto": None, "flash": SDPBackend.FLASH_ATTENTION, "efficient":
 
 
 def attention_backend(name: str) -> contextlib.AbstractContextManager:
-    """Allow only SDPA backend ``name`` (``SDPA_BACKENDS``) inside; ``"auto"`` changes nothing."""
+    """Prefer SDPA backend ``name`` (``SDPA_BACKENDS``) inside; ``"auto"`` changes nothing.
+
+    Shapes that backend has no kernel for (the VAE's one-head attention of width 512 has no flash
+    kernel) fall back to the memory-efficient kernel, then to the math one.
+    """
     backend = SDPA_BACKENDS[name]
-    return contextlib.nullcontext() if backend is None else sdpa_kernel(backend)
+    if backend is None:
+        return contextlib.nullcontext()
+    return sdpa_kernel(list(dict.fromkeys([backend, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])))
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
