@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
 from cyberhost.data.schema import AUDIO_SAMPLE_RATE
 from cyberhost.data.transforms import TransformConfig, audio_window, to_maps, to_unit
@@ -49,7 +50,7 @@ from cyberhost.inference.conditions import ReferenceConditions, reference_from_k
 from cyberhost.inference.pipeline import GenerateConfig, _autocast, attention_backend, generate_video
 from cyberhost.models import CyberHost, CyberHostConfig
 from cyberhost.models.conditioning import guided_denoiser
-from cyberhost.models.precision import set_inference_layers
+from cyberhost.models.precision import TokenTransformer2D, set_inference_layers
 
 
 @dataclass
@@ -247,6 +248,12 @@ def time_network_calls(model: CyberHost, ref: ReferenceConditions, audio: np.nda
             set_inference_layers(model, enabled=False)
             out["eager_float32_norms_call_s"], plain = median_call(False)
             set_inference_layers(model)
+            token = [m for m in model.modules() if isinstance(m, TokenTransformer2D)]
+            for m in token:  # every sampling layer but the spatial transformers' matmul projections
+                m.__class__ = Transformer2DModel
+            out["eager_conv_projections_call_s"] = median_call(False)[0]
+            for m in token:
+                m.__class__ = TokenTransformer2D
         if device.type == "cuda":  # each SDPA kernel family PyTorch has for these shapes
             out["attention_call_s"] = {}
             for name in ("flash", "efficient", "cudnn"):

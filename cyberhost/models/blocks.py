@@ -87,7 +87,7 @@ def regions(model: nn.Module, vae: bool = True, classes: Sequence[str] = ()) -> 
     wanted = tuple(classes) or REGION_CLASSES
     taken: list[str] = []
     for name, module in model.named_modules():
-        if type(module).__name__ not in wanted or name.startswith(skip):
+        if not {c.__name__ for c in type(module).__mro__} & set(wanted) or name.startswith(skip):
             continue
         if any(name.startswith(t + ".") for t in taken):  # a region inside a compiled region
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers.models.embeddings import SinusoidalPositionalEmbedding
 from torch import nn
@@ -60,3 +61,35 @@ def test_split_geglu_equals_diffusers_geglu() -> None:
     got = ff(x)
     assert got.is_contiguous()
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def _transformer(linear: bool) -> nn.Module:
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    torch.manual_seed(0)
+    net = Transformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=16, norm_num_groups=4,
+                             cross_attention_dim=12, use_linear_projection=linear)
+    for p in net.parameters():  # diffusers zero-initialises nothing here, but make every weight count
+        p.data.normal_(0, 0.2)
+    return net.eval()
+
+
+@pytest.mark.parametrize("linear", [False, True])
+def test_token_transformer_equals_diffusers_transformer(linear: bool) -> None:
+    """The spatial transformer's 1x1-conv projections as matrix products: the same output, contiguous
+    tokens for the blocks; a linear-projection transformer keeps diffusers' path."""
+    from cyberhost.models.precision import TokenTransformer2D
+
+    net = _transformer(linear)
+    x, ctx = torch.randn(3, 16, 5, 7), torch.randn(3, 4, 12)
+    seen: list[bool] = []
+    net.transformer_blocks[0].norm1.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous()))
+    with torch.no_grad():
+        want = net(x, encoder_hidden_states=ctx).sample
+        assert set_inference_layers(net) >= 1 and isinstance(net, TokenTransformer2D)
+        got = net(x, encoder_hidden_states=ctx).sample
+    assert got.shape == want.shape and got.is_contiguous()
+    assert seen == [linear, True]  # diffusers hands its blocks a transposed view of the conv's NCHW output
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    set_inference_layers(net, enabled=False)
+    assert type(net).__name__ == "Transformer2DModel"
