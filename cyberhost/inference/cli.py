@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed precision; auto = bf16 on CUDA, fp32 on CPU")
     r.add_argument("--half-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the VAE/UNet weights in the autocast dtype and run norms in it: half the weight memory "
-                        "and faster (sd15 on an H100: 17.6 -> 9.7 GiB peak, 1.40x -> 1.72x the eager loop); "
+                        "and faster (sd15 on an H100: 17.6 -> 9.7 GiB peak, 1.36x -> 1.73x the eager loop); "
                         "default: on with bf16/fp16 autocast")
     r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=d.compile,
                    help="torch.compile the network's repeated blocks (the first segment waits for the compiler)")
