@@ -72,4 +72,4 @@ def test_sampling_layers_match_diffusers_layers_on_cuda() -> None:
     set_inference_layers(model, enabled=False)
     rel = ((got - want).norm() / want.norm()).item()
     assert rel < 2e-2, rel  # bf16 rounding in different places, nothing more
-    torch.testing.assert_close(replays[-1], got, atol=0, rtol=0)
+    torch.testing.assert_close(replays[-1], got, atol=1e-3, rtol=1e-3)
