@@ -84,10 +84,10 @@ def regions(model: nn.Module, vae: bool = True, classes: Sequence[str] = ()) -> 
         classes: only blocks of these classes (empty = all of :data:`REGION_CLASSES`).
     """
     skip = () if vae else ("vae.",)
-    wanted = tuple(classes) or REGION_CLASSES
+    wanted = set(classes or REGION_CLASSES)
     taken: list[str] = []
     for name, module in model.named_modules():
-        if not {c.__name__ for c in type(module).__mro__} & set(wanted) or name.startswith(skip):
+        if wanted.isdisjoint(c.__name__ for c in type(module).__mro__) or name.startswith(skip):
             continue
         if any(name.startswith(t + ".") for t in taken):  # a region inside a compiled region
             continue

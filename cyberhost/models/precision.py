@@ -88,8 +88,9 @@ class TokenTransformer2D(Transformer2DModel):
                                                               inner_dim)
         weight = self.proj_out.weight.flatten(1)  # (C, inner)
         base = residual.flatten(2)
-        base = base + self.proj_out.bias[:, None] if self.proj_out.bias is not None else base.clone()
-        # (B, C, HW) += W @ tokens^T: the projection accumulates into the residual's NCHW layout
+        if self.proj_out.bias is not None:
+            base = base + self.proj_out.bias[:, None]
+        # residual (+ bias) + W @ tokens^T, written in the residual's NCHW layout (B, C, HW)
         out = torch.baddbmm(base, weight.expand(batch_size, *weight.shape), hidden_states.transpose(1, 2))
         return out.view_as(residual)
 
